@@ -1,0 +1,203 @@
+"""One chat completion through the `openai` SDK against any OpenAI-compatible server.
+
+Retries with backoff on 429/5xx/timeouts (honouring Retry-After) are the SDK's own (`max_retries`);
+400/401/403/404 are not retried and surface as LLMError with a kind the caller can count. When a server
+rejects the structured-output form or logprobs, the client steps down once (json_schema ->
+json_object -> text; logprobs off) and remembers it, logging one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import openai
+from openai import OpenAI
+
+from backend.settings import ResponseFormat, Settings
+from converters.confidence import Token
+
+log = logging.getLogger(__name__)
+
+_DOWNGRADE = {
+    ResponseFormat.json_schema: ResponseFormat.json_object,
+    ResponseFormat.json_object_schema: ResponseFormat.json_object,
+    ResponseFormat.json_object: ResponseFormat.text,
+}
+
+
+class LLMError(Exception):
+    """A call that failed for good; `kind` is one of auth, bad_request, rate_limit, timeout, server,
+    connection, empty."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class LLMAnswer:
+    content: str
+    tokens: list[Token] | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class CallOptions:
+    model: str
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    timeout: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def response_format_for(mode: ResponseFormat, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
+    if mode is ResponseFormat.json_schema:
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if mode is ResponseFormat.json_object_schema:
+        return {"type": "json_object", "schema": schema}
+    if mode is ResponseFormat.json_object:
+        return {"type": "json_object"}
+    return None
+
+
+def _mentions(exc: Exception, *words: str) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in words)
+
+
+class LLMClient:
+    def __init__(
+        self,
+        settings: Settings,
+        base_url: str | None = None,
+        on_call: Callable[[str, LLMAnswer | None], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mode = settings.llm_response_format
+        self.logprobs = settings.llm_logprobs
+        self._lock = threading.Lock()
+        self._on_call = on_call or (lambda outcome, answer: None)
+        self._client = OpenAI(
+            base_url=base_url or settings.llm_base_url,
+            api_key=settings.api_key_value(),
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+        )
+
+    @property
+    def response_mode(self) -> ResponseFormat:
+        return self.mode
+
+    def close(self) -> None:
+        self._client.close()
+
+    def complete(
+        self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
+    ) -> LLMAnswer:
+        """Run one completion; raise LLMError when it failed for good."""
+        for _ in range(4):  # at most: schema step-down twice, logprobs off once, then the real call
+            mode, logprobs = self.mode, self.logprobs
+            try:
+                return self._call(messages, schema, options, mode, logprobs)
+            except openai.APIStatusError as exc:
+                if exc.status_code in (400, 422, 500) and self._step_down(exc, mode, logprobs):
+                    continue
+                raise self._fail(exc) from None
+            except openai.APITimeoutError:
+                self._on_call("timeout", None)
+                raise LLMError("timeout", "the LLM call timed out") from None
+            except openai.APIConnectionError as exc:
+                self._on_call("connection", None)
+                raise LLMError("connection", f"cannot reach the LLM server: {type(exc).__name__}") from None
+        raise LLMError("bad_request", "the server refused every structured-output form")
+
+    def _step_down(self, exc: openai.APIStatusError, mode: ResponseFormat, logprobs: bool) -> bool:
+        with self._lock:
+            if logprobs and self.logprobs and _mentions(exc, "logprob", "logits_all"):
+                self.logprobs = False
+                log.warning("LLM server refuses logprobs (HTTP %s); scores will be empty", exc.status_code)
+                return True
+            if mode is self.mode and mode in _DOWNGRADE and _mentions(
+                exc, "response_format", "json_schema", "schema", "json_object", "input should be"
+            ):
+                self.mode = _DOWNGRADE[mode]
+                log.warning(
+                    "LLM server refuses response_format %s (HTTP %s); using %s from now on",
+                    mode.value,
+                    exc.status_code,
+                    self.mode.value,
+                )
+                return True
+            # another thread already stepped down: just try again with the new settings
+            return mode is not self.mode or logprobs != self.logprobs
+
+    def _fail(self, exc: openai.APIStatusError) -> LLMError:
+        status = exc.status_code
+        if status in (401, 403):
+            kind = "auth"
+            log.error("LLM provider refused the credentials (HTTP %s): check LLM_API_KEY", status)
+        elif status == 429:
+            kind = "rate_limit"
+        elif status >= 500:
+            kind = "server"
+        else:
+            kind = "bad_request"
+            log.error("LLM provider rejected the request (HTTP %s): %s", status, _short(exc))
+        self._on_call(kind, None)
+        return LLMError(kind, f"LLM call failed with HTTP {status}")
+
+    def _call(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        options: CallOptions,
+        mode: ResponseFormat,
+        logprobs: bool,
+    ) -> LLMAnswer:
+        kwargs: dict[str, Any] = {
+            "model": options.model,
+            "messages": list(messages),
+            "temperature": options.temperature,
+            "max_tokens": options.max_tokens,
+        }
+        response_format = response_format_for(mode, schema, "annotation")
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if logprobs:
+            kwargs["logprobs"] = True
+        if options.extra:
+            kwargs["extra_body"] = options.extra
+        client = self._client if options.timeout is None else self._client.with_options(timeout=options.timeout)
+        started = time.perf_counter()
+        completion = client.chat.completions.create(**kwargs)
+        seconds = time.perf_counter() - started
+        if not completion.choices:
+            self._on_call("empty", None)
+            raise LLMError("empty", "the LLM answered with no choices")
+        choice = completion.choices[0]
+        tokens = None
+        if choice.logprobs is not None and choice.logprobs.content:
+            tokens = [Token(t.token, float(t.logprob)) for t in choice.logprobs.content]
+        usage = completion.usage
+        answer = LLMAnswer(
+            content=choice.message.content or "",
+            tokens=tokens,
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            model=completion.model or options.model,
+            seconds=seconds,
+        )
+        self._on_call("ok", answer)
+        return answer
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,226 @@
+"""Tasks -> Label Studio prediction items: prompt, LLM call, parse, align, validate, per task.
+
+One task's failure never sinks the batch: it answers `[]`, which Label Studio stores as nothing and
+re-asks for later (measured; see the protocol notes). Tasks run concurrently on a pool bounded by
+LLM_MAX_CONCURRENCY, shared by all requests of the process, and a batch never outlives its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from backend.llm_client import CallOptions, LLMClient, LLMError
+from backend.metrics import Metrics
+from backend.settings import ResponseFormat, Settings
+from converters.confidence import TokenProbs
+from converters.output_schema import output_json_schema
+from converters.parse import UnparsableAnswer, parse_answer
+from converters.regions import Prediction, answer_to_prediction, check_prediction
+from converters.task_spec import TaskSpec, build_task_spec
+from prompts import Example, PromptRenderer
+
+log = logging.getLogger(__name__)
+
+# Examples for a task: (plan, task texts) -> few-shot examples. Empty until the learning store is used.
+ExampleSource = Callable[["ProjectPlan", Mapping[str, str]], Sequence[Example]]
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    """Everything needed to predict for one label config + extra_params, built once and cached."""
+
+    spec: TaskSpec
+    interface: LabelInterface
+    schema: dict[str, Any]
+    model: str
+    temperature: float
+    project_id: str | None = None
+
+
+@dataclass
+class TaskResult:
+    item: Any  # a prediction dict, or [] when the task should be asked again later
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+def task_texts(spec: TaskSpec, task: Mapping[str, Any]) -> dict[str, str]:
+    """The text of every object the spec reads; raises ValueError naming a missing data key."""
+    data = task.get("data")
+    if not isinstance(data, Mapping):
+        raise ValueError("task has no 'data' object")
+    texts = {}
+    for name, key in spec.objects:
+        value = data.get(key)
+        if not isinstance(value, str):
+            raise ValueError(f"task data has no text field {key!r}")
+        texts[name] = value
+    return texts
+
+
+class Predictor:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLMClient,
+        metrics: Metrics,
+        renderer: PromptRenderer | None = None,
+        examples: ExampleSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.metrics = metrics
+        self.renderer = renderer or PromptRenderer(settings.prompt_version)
+        self.examples = examples or (lambda plan, texts: ())
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.llm_max_concurrency, thread_name_prefix="llm"
+        )
+        self._plan = lru_cache(maxsize=64)(self._build_plan)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- plans ---------------------------------------------------------------------------------
+    def plan(self, label_config: str, extra_params: Mapping[str, Any] | None = None) -> ProjectPlan:
+        """Raises UnsupportedConfig / ValueError for configs that cannot be predicted."""
+        return self._plan(label_config, json.dumps(dict(extra_params or {}), sort_keys=True, default=str))
+
+    def _build_plan(self, label_config: str, extra_json: str) -> ProjectPlan:
+        extra = json.loads(extra_json)
+        spec = build_task_spec(label_config, extra)
+        try:
+            temperature = float(extra.get("temperature", self.settings.llm_temperature))
+        except (TypeError, ValueError):
+            temperature = self.settings.llm_temperature
+        return ProjectPlan(
+            spec=spec,
+            interface=LabelInterface(label_config),
+            schema=output_json_schema(spec),
+            model=str(extra.get("model") or self.settings.llm_model),
+            temperature=temperature,
+        )
+
+    # --- one task ------------------------------------------------------------------------------
+    def messages(self, plan: ProjectPlan, texts: Mapping[str, str]) -> list[dict[str, str]]:
+        mode = self.llm.response_mode
+        examples = self.examples(plan, texts)
+        return self.renderer.messages(
+            plan.spec,
+            texts,
+            examples,
+            show_format=mode is not ResponseFormat.json_schema,
+            include_schema=mode in (ResponseFormat.json_object, ResponseFormat.text),
+        )
+
+    def predict_task(
+        self, plan: ProjectPlan, task: Mapping[str, Any], model_version: str, deadline: float | None = None
+    ) -> TaskResult:
+        task_id = task.get("id") if isinstance(task, Mapping) else None
+        try:
+            texts = task_texts(plan.spec, task)
+        except ValueError as exc:
+            self.metrics.tasks.labels("bad_task").inc()
+            log.warning("task %s: %s", task_id, exc)
+            return TaskResult([], error=str(exc))
+        timeout = self.settings.llm_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0.2:
+                self.metrics.tasks.labels("deadline").inc()
+                return TaskResult([], error="deadline reached before the LLM call")
+        messages = self.messages(plan, texts)
+        options = CallOptions(
+            model=plan.model,
+            temperature=plan.temperature,
+            max_tokens=self.settings.llm_max_tokens,
+            timeout=timeout,
+        )
+        try:
+            answer = self.llm.complete(messages, plan.schema, options)
+        except LLMError as exc:
+            self.metrics.tasks.labels(f"llm_{exc.kind}").inc()
+            log.warning("task %s: %s", task_id, exc)
+            return TaskResult([], error=str(exc), messages=messages)
+        try:
+            parsed = parse_answer(answer.content)
+        except UnparsableAnswer as exc:
+            self.metrics.tasks.labels("unparsable").inc()
+            log.warning("task %s: %s", task_id, exc)
+            return TaskResult([], error=str(exc), messages=messages)
+        probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
+        prediction = answer_to_prediction(plan.spec, task["data"], parsed, probs)
+        for reason, count in prediction.dropped.items():
+            self.metrics.dropped_entities.labels(reason).inc(count)
+        item = self._validated(plan, task["data"], prediction, model_version, task_id)
+        self.metrics.tasks.labels("ok").inc()
+        return TaskResult(
+            item,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            messages=messages,
+        )
+
+    def _validated(
+        self, plan: ProjectPlan, data: Mapping[str, Any], prediction: Prediction, version: str, task_id: Any
+    ) -> dict[str, Any]:
+        """Check the prediction as Label Studio would; drop (and count) any region that fails."""
+        item = prediction.as_ls(version)
+        errors = check_prediction(plan.interface, plan.spec, data, item)
+        if not errors:
+            return item
+        kept = []
+        for region in item["result"]:
+            single = {**item, "result": [region]}
+            if check_prediction(plan.interface, plan.spec, data, single):
+                self.metrics.invalid_predictions.inc()
+                log.error("task %s: invalid region removed (bug): %s", task_id, errors[:3])
+            else:
+                kept.append(region)
+        item["result"] = kept
+        return item
+
+    # --- a batch -------------------------------------------------------------------------------
+    def predict_tasks(
+        self,
+        plan: ProjectPlan,
+        tasks: Sequence[Any],
+        model_version: str,
+        deadline_seconds: float | None = None,
+    ) -> list[TaskResult]:
+        """One result per task, in order; unfinished tasks at the deadline answer []."""
+        deadline = time.monotonic() + (deadline_seconds or self.settings.predict_deadline)
+        futures: list[Future | TaskResult] = []
+        for task in tasks:
+            if not isinstance(task, Mapping):
+                self.metrics.tasks.labels("bad_task").inc()
+                futures.append(TaskResult([], error="task is not an object"))
+                continue
+            futures.append(self._pool.submit(self.predict_task, plan, task, model_version, deadline))
+        pending = [f for f in futures if isinstance(f, Future)]
+        wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        results: list[TaskResult] = []
+        for future in futures:
+            if isinstance(future, TaskResult):
+                results.append(future)
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                results.append(future.result())
+            else:
+                if not future.done():
+                    future.cancel()
+                    self.metrics.tasks.labels("deadline").inc()
+                    results.append(TaskResult([], error="deadline reached"))
+                else:
+                    log.error("task failed unexpectedly: %r", future.exception())
+                    self.metrics.tasks.labels("error").inc()
+                    results.append(TaskResult([], error="internal error"))
+        return results

@@ -1,0 +1,95 @@
+"""All settings, read once from the environment and passed down explicitly.
+
+Nothing else in the code reads the environment: `Settings()` is built in the CLI (or by a test) and
+handed to `create_app`, the model and the LLM client.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ResponseFormat(str, Enum):
+    """How structured output is requested from the provider.
+
+    - json_schema: OpenAI's `{"type": "json_schema", "json_schema": {...}}` (OpenAI, Azure, vLLM, Ollama).
+    - json_object_schema: llama.cpp-python's `{"type": "json_object", "schema": {...}}`, grammar-constrained.
+    - json_object: `{"type": "json_object"}` only; the schema is described in the prompt.
+    - text: no response_format at all; the tolerant parser digs the JSON out of the answer.
+    """
+
+    json_schema = "json_schema"
+    json_object_schema = "json_object_schema"
+    json_object = "json_object"
+    text = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    # --- LLM provider -------------------------------------------------------------------------
+    llm_base_url: str | None = Field(default=None, validation_alias="LLM_BASE_URL")
+    llm_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_API_KEY", "OPENAI_API_KEY")
+    )
+    llm_model: str = Field(default="gpt-4o-mini", validation_alias="LLM_MODEL")
+    llm_max_concurrency: int = Field(default=8, ge=1, le=512, validation_alias="LLM_MAX_CONCURRENCY")
+    llm_timeout: float = Field(default=30.0, gt=0, validation_alias="LLM_TIMEOUT")
+    llm_max_retries: int = Field(default=3, ge=0, le=20, validation_alias="LLM_MAX_RETRIES")
+    llm_temperature: float = Field(default=0.0, ge=0, le=2, validation_alias="LLM_TEMPERATURE")
+    llm_max_tokens: int = Field(default=1024, ge=16, validation_alias="LLM_MAX_TOKENS")
+    llm_response_format: ResponseFormat = Field(
+        default=ResponseFormat.json_schema, validation_alias="LLM_RESPONSE_FORMAT"
+    )
+    llm_logprobs: bool = Field(default=True, validation_alias="LLM_LOGPROBS")
+
+    # --- embedded local model (used when LLM_BASE_URL is not set) -----------------------------
+    local_model_path: Path | None = Field(default=None, validation_alias="LOCAL_MODEL_PATH")
+    local_model_name: str = Field(default="smollm2-135m-instruct", validation_alias="LOCAL_MODEL_NAME")
+    local_n_ctx: int = Field(default=4096, ge=512, validation_alias="LOCAL_N_CTX")
+    local_n_threads: int = Field(default=2, ge=1, validation_alias="LOCAL_N_THREADS")
+    local_n_batch: int = Field(default=512, ge=8, validation_alias="LOCAL_N_BATCH")
+    local_port: int = Field(default=0, ge=0, le=65535, validation_alias="LOCAL_PORT")
+    local_start_timeout: float = Field(default=60.0, gt=0, validation_alias="LOCAL_START_TIMEOUT")
+
+    # --- the HTTP service ------------------------------------------------------------------------
+    host: str = Field(default="0.0.0.0", validation_alias="HOST")
+    port: int = Field(default=9090, validation_alias="PORT")
+    workers: int = Field(default=2, ge=1, validation_alias="WORKERS")
+    threads: int = Field(default=8, ge=1, validation_alias="THREADS")
+    basic_auth_user: str | None = Field(default=None, validation_alias="BASIC_AUTH_USER")
+    basic_auth_pass: SecretStr | None = Field(default=None, validation_alias="BASIC_AUTH_PASS")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    max_body_mb: float = Field(default=64.0, gt=0, validation_alias="MAX_BODY_MB")
+    predict_deadline: float = Field(
+        default=80.0,
+        gt=0,
+        validation_alias="PREDICT_DEADLINE",
+        description="Seconds a /predict may take before unfinished tasks answer [] (LS gives up at 100 s).",
+    )
+
+    # --- storage ---------------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("data"), validation_alias="DATA_DIR")
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+
+    # --- prompting -------------------------------------------------------------------------------
+    prompt_version: str = Field(default="v1", validation_alias="PROMPT_VERSION")
+    few_shot_k: int = Field(default=8, ge=0, le=64, validation_alias="FEW_SHOT_K")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lsllm.sqlite3').resolve()}"
+
+    def api_key_value(self) -> str:
+        """The key the openai client sends; local servers accept any non-empty string."""
+        if self.llm_api_key is not None and self.llm_api_key.get_secret_value():
+            return self.llm_api_key.get_secret_value()
+        return "not-needed"
+
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user) and self.basic_auth_pass is not None

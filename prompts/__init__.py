@@ -1,0 +1,78 @@
+"""Prompt templates as versioned Jinja2 files: `templates/annotate.<version>.{system,user}.jinja`.
+
+Message order is fixed for providers' prefix caching: the system message (instructions, labels, answer
+form) and the few-shot turns come first and stay identical across tasks of a project; the task's text
+is always the last message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Mapping, Sequence
+
+import jinja2
+
+from converters.output_schema import example_output, output_json_schema
+from converters.task_spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Example:
+    """One reviewed task in the form the model answers with."""
+
+    texts: Mapping[str, str]  # object name -> text
+    answer: Mapping[str, Any]
+
+
+class PromptRenderer:
+    """Renders chat messages from one template version; the version is part of model_version."""
+
+    def __init__(self, version: str = "v1") -> None:
+        self.version = version
+        root = resources.files("prompts") / "templates"
+        self._env = jinja2.Environment(
+            loader=jinja2.FunctionLoader(lambda name: (root / name).read_text(encoding="utf-8")),
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            undefined=jinja2.StrictUndefined,
+        )
+        try:
+            self._system = self._env.get_template(f"annotate.{version}.system.jinja")
+            self._user = self._env.get_template(f"annotate.{version}.user.jinja")
+        except (FileNotFoundError, jinja2.TemplateNotFound) as exc:
+            raise ValueError(f"no prompt templates for version {version!r}") from exc
+
+    def system(self, spec: TaskSpec, show_format: bool, include_schema: bool = False) -> str:
+        return self._system.render(
+            instructions=spec.instructions,
+            controls=spec.controls,
+            show_format=show_format,
+            example_json=json.dumps(example_output(spec), ensure_ascii=False),
+            schema_json=json.dumps(output_json_schema(spec), ensure_ascii=False) if include_schema else "",
+        ).strip()
+
+    def user(self, spec: TaskSpec, texts: Mapping[str, str]) -> str:
+        ordered = [(name, texts.get(name, "")) for name, _ in spec.objects]
+        return self._user.render(texts=ordered).strip("\n")
+
+    def messages(
+        self,
+        spec: TaskSpec,
+        texts: Mapping[str, str],
+        examples: Sequence[Example] = (),
+        show_format: bool = True,
+        include_schema: bool = False,
+    ) -> list[dict[str, str]]:
+        """System, few-shot user/assistant turns, then the task text last."""
+        messages = [{"role": "system", "content": self.system(spec, show_format, include_schema)}]
+        for example in examples:
+            messages.append({"role": "user", "content": self.user(spec, example.texts)})
+            messages.append(
+                {"role": "assistant", "content": json.dumps(dict(example.answer), ensure_ascii=False)}
+            )
+        messages.append({"role": "user", "content": self.user(spec, texts)})
+        return messages

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from label_studio_sdk.label_interface import LabelInterface
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from scripted_provider import Reply, ScriptedProvider  # noqa: E402
+
+from backend.app import build_model, create_app  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from converters.regions import offset_errors  # noqa: E402
+from converters.task_spec import build_task_spec  # noqa: E402
+
+CONFIGS = ROOT / "examples" / "configs"
+DATASETS = Path(os.environ.get("LSLLM_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def config(name: str) -> str:
+    return (CONFIGS / f"{name}.xml").read_text()
+
+
+def assert_valid(label_config: str, data: dict[str, Any], item: Any) -> None:
+    """Every prediction a test sees must pass Label Studio's validation and the offset rule."""
+    if item == []:
+        return
+    assert isinstance(item, dict), item
+    errors = LabelInterface(label_config).validate_prediction(dict(item), return_errors=True)
+    assert not errors, errors
+    assert not offset_errors(item["result"], data, build_task_spec(label_config)), item
+    if "score" in item:
+        assert isinstance(item["score"], float) and 0.0 <= item["score"] <= 1.0
+
+
+def make_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
+    values = {
+        "llm_base_url": base_url,
+        "llm_api_key": "sk-test-secret-key-123",
+        "llm_model": "scripted-model",
+        "llm_max_retries": 2,
+        "llm_timeout": 5.0,
+        "data_dir": tmp_path / "data",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def provider() -> Iterator[ScriptedProvider]:
+    """A provider whose answers the test sets with `provider.responder = ...`."""
+    p = ScriptedProvider(lambda body: Reply(content="{}"))
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, provider: ScriptedProvider) -> Callable[..., Any]:
+    made = []
+
+    def factory(**overrides: Any) -> Any:
+        settings = make_settings(tmp_path, provider.base_url, **overrides)
+        app = create_app(settings, build_model(settings))
+        app.testing = True
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        app.extensions["lsllm_model"].predictor.close()
+
+
+def json_answer(obj: Any) -> Reply:
+    return Reply(content=json.dumps(obj, ensure_ascii=False))

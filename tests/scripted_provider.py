@@ -1,0 +1,167 @@
+"""A real HTTP server that plays an OpenAI-compatible provider with scripted answers.
+
+Used by the tests and the benchmarks: the backend talks to it through the real `openai` SDK over
+loopback, so retries, timeouts, Retry-After and logprobs go through the same code as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+@dataclass
+class Reply:
+    content: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    error: str = "scripted error"
+    logprob: float = -0.05  # per token, when the request asks for logprobs
+
+
+Responder = Callable[[dict[str, Any]], Reply]
+
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
+
+
+def tokens_of(content: str, logprob: float) -> list[dict[str, Any]]:
+    return [
+        {"token": t, "logprob": logprob, "bytes": list(t.encode()), "top_logprobs": []}
+        for t in _TOKEN.findall(content)
+    ]
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
+
+
+class ScriptedProvider:
+    """`responder(request_body) -> Reply`; optional fixed latency and a hard concurrency cap (429)."""
+
+    def __init__(
+        self,
+        responder: Responder,
+        latency: float = 0.0,
+        max_concurrency: int | None = None,
+        retry_after: float = 0.05,
+    ) -> None:
+        self.responder = responder
+        self.latency = latency
+        self.max_concurrency = max_concurrency
+        self.retry_after = retry_after
+        self.requests: list[dict[str, Any]] = []
+        self.rejected_429 = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> str:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with provider._lock:
+                    provider.requests.append(body)
+                    if provider.max_concurrency is not None and provider.in_flight >= provider.max_concurrency:
+                        provider.rejected_429 += 1
+                        over = True
+                    else:
+                        over = False
+                        provider.in_flight += 1
+                        provider.peak_in_flight = max(provider.peak_in_flight, provider.in_flight)
+                if over:
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit"}},
+                        {"Retry-After": str(provider.retry_after)},
+                    )
+                    return
+                try:
+                    reply = provider.responder(body)
+                    time.sleep(provider.latency + reply.delay)
+                    if reply.status != 200:
+                        self._send(reply.status, {"error": {"message": reply.error}}, reply.headers)
+                        return
+                    self._send(200, completion(body, reply), reply.headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with provider._lock:
+                        provider.in_flight -= 1
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> "ScriptedProvider":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    content = reply.content or ""
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": "stop",
+        "logprobs": None,
+    }
+    if body.get("logprobs"):
+        choice["logprobs"] = {"content": tokens_of(content, reply.logprob)}
+    prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or "scripted",
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_chars // 4,
+            "completion_tokens": len(content) // 4,
+            "total_tokens": prompt_chars // 4 + len(content) // 4,
+        },
+    }
