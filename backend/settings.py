@@ -46,6 +46,7 @@ class Settings(BaseSettings):
         default=ResponseFormat.json_schema, validation_alias="LLM_RESPONSE_FORMAT"
     )
     llm_logprobs: bool = Field(default=True, validation_alias="LLM_LOGPROBS")
+    llm_top_logprobs: int = Field(default=10, ge=0, le=20, validation_alias="LLM_TOP_LOGPROBS")
 
     # --- embedded local model (used when LLM_BASE_URL is not set) -----------------------------
     local_model_path: Path | None = Field(default=None, validation_alias="LOCAL_MODEL_PATH")

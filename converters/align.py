@@ -120,23 +120,26 @@ class _Index:
         raw = surface.strip()
         # A surface that had padding removed is tried in its cleaned form first, so a trailing dot
         # the model appended ("Lovelace.") does not pull the sentence's full stop into the span.
-        for candidate in (cleaned, raw) if cleaned != raw else (raw,):
+        # Last, the surface without any trailing punctuation, for the rare case where the
+        # abbreviation rule kept a dot the text does not have ("東京.", "Corp.").
+        bare = cleaned.rstrip(_TRAIL_PUNCT).strip()
+        for candidate in ((cleaned, raw) if cleaned != raw else (raw,)) + (bare,):
             if candidate and candidate not in tiers:
                 tiers.append(candidate)
         for needle in tiers:
             spans = _occurrences(self.text, needle)
             if spans:
                 return self._prefer_words(spans)
-        needle_norm, _ = _normalise(cleaned)
-        needle_norm = needle_norm.strip()
-        if not needle_norm:
-            return []
-        spans = []
-        for ns, ne in _occurrences(self.norm, needle_norm):
-            start = self.norm_map[ns]
-            end = self.norm_map[ne - 1] + 1
-            spans.append((start, end))
-        return self._prefer_words(spans)
+        for needle in (cleaned, bare):
+            needle_norm = _normalise(needle)[0].strip()
+            if not needle_norm:
+                continue
+            spans = []
+            for ns, ne in _occurrences(self.norm, needle_norm):
+                spans.append((self.norm_map[ns], self.norm_map[ne - 1] + 1))
+            if spans:
+                return self._prefer_words(spans)
+        return []
 
     def _prefer_words(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         whole = [s for s in spans if _at_word_boundary(self.text, *s)]

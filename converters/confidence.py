@@ -1,7 +1,8 @@
 """Scores from token logprobs: the probability the model gave to the tokens that carry each decision.
 
-A choice's score is the joint probability of the tokens of the chosen label; an entity's score is that
-of its first text token (the decision to name it) times the tokens of its label. Without logprobs every
+A choice's score is the probability of the chosen label among the allowed labels at the position where
+the model wrote it (top_logprobs renormalised over label starts); an entity's score is the same for its
+label. Without logprobs every
 score is None, and the prediction score falls back to None rather than a made-up number.
 """
 
@@ -17,6 +18,7 @@ from typing import Sequence
 class Token:
     text: str
     logprob: float
+    alternatives: tuple[tuple[str, float], ...] = ()  # top_logprobs at this position
 
 
 class TokenProbs:
@@ -51,8 +53,15 @@ class TokenProbs:
         self.cursor = at + len(needle)
         return at, at + len(needle)
 
-    def probability(self, value: str, first_token_only: bool = False) -> float | None:
-        """Probability of the tokens spelling `value`, searched after the previous match."""
+    def probability(
+        self, value: str, allowed: Sequence[str] = ()
+    ) -> float | None:
+        """Probability of the tokens spelling `value`, searched after the previous match.
+
+        With `allowed` (the label names), the first token's probability is renormalised over the
+        top alternatives that could start an allowed label: P(this label | some label). That is the
+        honest number under grammar-constrained decoding, where raw logprobs come from the
+        unconstrained distribution."""
         if not self.usable:
             return None
         found = self._find(value)
@@ -61,8 +70,8 @@ class TokenProbs:
         tokens = self._tokens_in(*found)
         if not tokens:
             return None
-        if first_token_only:
-            tokens = tokens[:1]
+        if allowed:
+            return _renormalised(tokens[0], value, found[0] - self.starts[self.tokens.index(tokens[0])], allowed)
         return _clamp(math.exp(sum(t.logprob for t in tokens)))
 
     def skip_to(self, value: str) -> None:
@@ -75,6 +84,29 @@ class TokenProbs:
         if not self.usable:
             return None
         return _clamp(math.exp(sum(t.logprob for t in self.tokens) / len(self.tokens)))
+
+
+def _renormalised(token: Token, value: str, offset: int, allowed: Sequence[str]) -> float:
+    """P(token) / sum of P(alternatives that begin some allowed label at this position).
+
+    `offset` is how far into the token the value starts (a token like ':"pos' carries JSON before it)."""
+    prefix = token.text[:offset] if offset > 0 else ""
+    chosen_p = math.exp(token.logprob)
+    total = chosen_p
+    seen = {token.text}
+    for text, logprob in token.alternatives:
+        if text in seen:
+            continue
+        seen.add(text)
+        if prefix and not text.startswith(prefix):
+            continue
+        piece = text[len(prefix):] if prefix else text
+        piece = piece.lstrip(' "')
+        if piece and any(label.startswith(piece) or piece.startswith(label) for label in allowed):
+            total += math.exp(logprob)
+    if total <= 0:
+        return 0.0
+    return _clamp(chosen_p / total)
 
 
 def _clamp(value: float) -> float:

@@ -116,10 +116,9 @@ def _span_regions(
     for surface, label in _mentions(raw):
         stored = lookup.get(_norm_label(label))
         score = None
-        if probs is not None:
-            first = probs.probability(surface, first_token_only=True) if surface else None
-            label_p = probs.probability(label) if label else None
-            score = first * label_p if first is not None and label_p is not None else None
+        if probs is not None and surface and label:
+            probs.skip_to(surface)
+            score = probs.probability(label, allowed=control.display_labels())
         if stored is None:
             dropped["unknown_label" if surface else "malformed"] += 1
             continue
@@ -157,7 +156,7 @@ def _choice_region(
             dropped["malformed"] += 1
             continue
         stored = lookup.get(_norm_label(str(value)))
-        score = probs.probability(str(value)) if probs is not None else None
+        score = probs.probability(str(value), allowed=control.display_labels()) if probs is not None else None
         if stored is None:
             dropped["unknown_label"] += 1
             continue
