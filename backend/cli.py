@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     update = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers,
                                  "threads": args.threads}.items() if v is not None}
-    settings = Settings.model_validate({**settings.model_dump(), **update})
+    settings = settings.model_copy(update=update)  # keeps track of what the user set explicitly
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lsllm-prom-")
@@ -95,7 +95,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         print("lsllm predict: the tasks file must hold a JSON list of Label Studio tasks", file=sys.stderr)
         return 2
     if args.concurrency:
-        settings = Settings.model_validate({**settings.model_dump(), "llm_max_concurrency": args.concurrency})
+        settings = settings.model_copy(update={"llm_max_concurrency": args.concurrency})
     with provider(settings) as ready:
         model = build_model(ready)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
-from backend.settings import Settings
+from backend.settings import ResponseFormat, Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,19 @@ def server_command(settings: Settings, path: Path, port: int) -> list[str]:
     ]
 
 
+# llama_cpp.server reads its settings from these environment variables too (pydantic-settings), and our
+# own PORT/HOST would win over the command line: the child gets an environment without them.
+_SERVER_ENV = {
+    "HOST", "PORT", "MODEL", "MODEL_ALIAS", "N_CTX", "N_THREADS", "N_BATCH", "LOGITS_ALL", "VERBOSE",
+    "CONFIG_FILE", "API_KEY", "SSL_KEYFILE", "SSL_CERTFILE", "INTERRUPT_REQUESTS", "ROOT_PATH",
+    "DISABLE_PING_EVENTS", "CHAT_FORMAT", "N_GPU_LAYERS",
+}
+
+
+def child_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.upper() not in _SERVER_ENV}
+
+
 class LocalModelServer:
     """Start, health-check, restart-on-death and stop one llama_cpp.server child."""
 
@@ -126,6 +140,7 @@ class LocalModelServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=child_environment(),
         )
         proc = self._proc
         threading.Thread(target=self._drain, args=(proc,), daemon=True).start()
@@ -206,11 +221,11 @@ def settings_for_local(settings: Settings, base_url: str) -> Settings:
     chosen = settings.model_fields_set
     update: dict[str, object] = {"llm_base_url": base_url, "llm_model": settings.local_model_name}
     if "llm_response_format" not in chosen:
-        update["llm_response_format"] = "json_object_schema"
+        update["llm_response_format"] = ResponseFormat.json_object_schema
     if "llm_max_concurrency" not in chosen:
         update["llm_max_concurrency"] = 1
     if "llm_timeout" not in chosen:
         update["llm_timeout"] = 120.0
     if "llm_max_retries" not in chosen:
         update["llm_max_retries"] = 1
-    return Settings.model_validate({**settings.model_dump(), **update})
+    return settings.model_copy(update=update)
