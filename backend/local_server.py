@@ -59,7 +59,9 @@ def free_port() -> int:
 
 
 def _port_is_free(port: int) -> bool:
+    """As uvicorn binds (SO_REUSEADDR), so connections in TIME_WAIT do not count as taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -161,7 +163,7 @@ class LocalModelServer:
             if self.healthy():
                 return
             time.sleep(0.25)
-        self.stop()
+        self._terminate()
         raise LocalModelError(
             f"local model server did not answer within {self.settings.local_start_timeout:.0f} s: "
             f"{self._last_error()}"
@@ -189,6 +191,7 @@ class LocalModelServer:
             if self.alive():
                 continue
             code = self._proc.returncode if self._proc else None
+            # same port: the backend's client keeps pointing at it
             log.error("local model server died (exit %s); restarting", code)
             try:
                 self._spawn(path)
@@ -201,6 +204,9 @@ class LocalModelServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._terminate()
+
+    def _terminate(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -5,7 +5,9 @@ candidate spans in the text, tier by tier (exact, cleaned of padding/quotes/trai
 case-, whitespace- and quote-insensitive), and assign candidates so that
 
 - the k-th mention of a surface takes the k-th free occurrence (mentions come in reading order),
-- longer mentions claim their spans first, so "America" never steals the inside of "Bank of America",
+- mentions with one possible place anchor first, then longer mentions claim their spans before shorter
+  ones, so "America" never steals the inside of "Bank of America", and each mention prefers a place
+  between its already-placed neighbours in the list,
 - no two emitted spans overlap, and nothing is guessed: a mention with no free candidate is dropped with
   a reason.
 
@@ -116,14 +118,16 @@ class _Index:
 
     def candidates(self, surface: str) -> list[tuple[int, int]]:
         cleaned = clean_surface(surface)
-        tiers: list[str] = []
         raw = surface.strip()
-        # A surface that had padding removed is tried in its cleaned form first, so a trailing dot
-        # the model appended ("Lovelace.") does not pull the sentence's full stop into the span.
+        # The surface as given comes first (quotes can be part of an entity, "' Into the Wild '"),
+        # except when it ends in punctuation the cleaning removed: then the cleaned form comes first,
+        # so a dot the model appended ("Lovelace.") does not pull the sentence's full stop in.
         # Last, the surface without any trailing punctuation, for the rare case where the
         # abbreviation rule kept a dot the text does not have ("東京.", "Corp.").
         bare = cleaned.rstrip(_TRAIL_PUNCT).strip()
-        for candidate in ((cleaned, raw) if cleaned != raw else (raw,)) + (bare,):
+        appended_punct = bool(raw) and raw[-1] in _TRAIL_PUNCT and not cleaned.endswith(raw[-1])
+        tiers: list[str] = []
+        for candidate in ((cleaned, raw) if appended_punct else (raw, cleaned)) + (bare,):
             if candidate and candidate not in tiers:
                 tiers.append(candidate)
         for needle in tiers:
@@ -150,10 +154,44 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
+def _in_reading_order(
+    free: list[tuple[int, int]], i: int, claimed: dict[tuple[int, int], int]
+) -> tuple[int, int]:
+    """The first free candidate that lies between the spans of the nearest already-placed mentions
+    listed before and after mention i (mentions come in reading order); else the first free one."""
+    before = [span for span, j in claimed.items() if j < i]
+    after = [span for span, j in claimed.items() if j > i]
+    low = max((claimed_j_span for claimed_j_span in before), key=lambda s: claimed[s], default=None)
+    high = min((claimed_j_span for claimed_j_span in after), key=lambda s: claimed[s], default=None)
+    for candidate in free:
+        if low is not None and candidate[0] < low[0]:
+            continue
+        if high is not None and candidate[0] > high[0]:
+            continue
+        return candidate
+    return free[0]
+
+
 def align_mentions(text: str, mentions: list[Mention]) -> tuple[list[Span], list[Dropped]]:
     """Assign each mention an exact, non-overlapping span of `text`; report the ones that cannot be."""
     index = _Index(text)
-    order = sorted(range(len(mentions)), key=lambda i: (-len(clean_surface(mentions[i].text)), i))
+    found = [index.candidates(m.text) if clean_surface(m.text) else [] for m in mentions]
+    # Mentions with a single possible place go first (they anchor the reading order for the rest),
+    # then longer before shorter, then in the order given.
+    def anchor(i: int) -> bool:
+        if len(found[i]) != 1:
+            return False
+        (start, end), = found[i]
+        return not any(  # inside a longer candidate of another mention: let the longer one decide
+            j != i and s <= start and end <= e and (s, e) != (start, end)
+            for j in range(len(mentions))
+            for s, e in found[j]
+        )
+
+    order = sorted(
+        range(len(mentions)),
+        key=lambda i: (not anchor(i), -len(clean_surface(mentions[i].text)), i),
+    )
     claimed: dict[tuple[int, int], int] = {}
     spans: list[Span] = []
     dropped: list[Dropped] = []
@@ -162,13 +200,13 @@ def align_mentions(text: str, mentions: list[Mention]) -> tuple[list[Span], list
         if not clean_surface(mention.text):
             dropped.append(Dropped(i, "empty"))
             continue
-        candidates = index.candidates(mention.text)
+        candidates = found[i]
         if not candidates:
             dropped.append(Dropped(i, "not_found"))
             continue
         free = [c for c in candidates if not any(_overlaps(c, taken) for taken in claimed)]
         if free:
-            choice = free[0]
+            choice = _in_reading_order(free, i, claimed)
             claimed[choice] = i
             spans.append(Span(choice[0], choice[1], text[choice[0] : choice[1]], mention.label, i))
             continue

@@ -21,6 +21,10 @@ def test_nested_shorter_entity_does_not_steal_longer_span() -> None:
     text = "America is where Bank of America has its seat."
     got = spans(text, [("America", "LOC"), ("Bank of America", "ORG")])
     assert got == [(0, 7, "America", "LOC"), (17, 32, "Bank of America", "ORG")]
+    # a nested surface with no other place does not take the longer entity's span
+    assert spans("Bank of America", [("America", "LOC"), ("Bank of America", "ORG")]) == [
+        (0, 15, "Bank of America", "ORG")
+    ]
     # even when the nested surface comes first in the text only inside the longer one
     got = spans("Bank of America and America", [("Bank of America", "ORG"), ("America", "LOC")])
     assert got == [(0, 15, "Bank of America", "ORG"), (20, 27, "America", "LOC")]
