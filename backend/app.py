@@ -15,12 +15,21 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.db import make_engine, migrate
+from backend.example_store import ExampleStore
+from backend.learning import EventWorker, Learner, VersionPolicy
 from backend.llm_client import LLMClient
 from backend.metrics import Metrics
 from backend.model import LLMBackendModel
 from backend.predictor import Predictor
-from backend.project_store import ProjectStore, make_engine
+from backend.project_id import normalise_project_id
+from backend.project_store import ProjectStore
+from backend.resync import make_resync
+from backend.selection import Selector
 from backend.settings import Settings
+from backend.webhook import BadEvent
 from converters.task_spec import UnsupportedConfig
 
 log = logging.getLogger(__name__)
@@ -40,10 +49,24 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
             metrics.llm_tokens.labels("completion").inc(answer.completion_tokens)
 
     llm = LLMClient(settings, base_url=llm_base_url, on_call=on_call)
-    predictor = Predictor(settings, llm, metrics)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    projects = ProjectStore(make_engine(settings.resolved_database_url()))
-    return LLMBackendModel(settings, predictor, projects, metrics)
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    projects = ProjectStore(engine)
+    examples = ExampleStore(engine)
+    selector = Selector(
+        examples, settings.few_shot_k, settings.few_shot_token_budget, settings.selection_refresh_seconds
+    )
+    predictor = Predictor(settings, llm, metrics, examples=selector.select)
+    learner = Learner(
+        engine,
+        examples,
+        projects,
+        metrics,
+        VersionPolicy(settings.examples_version_policy, settings.examples_version_every),
+        resync=make_resync(settings, projects),
+    )
+    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner))
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -71,12 +94,14 @@ def _authorised(settings: Settings) -> bool:
     return user_ok and pass_ok
 
 
-def create_app(settings: Settings, model: LLMBackendModel | None = None) -> Flask:
+def create_app(settings: Settings, model: LLMBackendModel | None = None, start_worker: bool = True) -> Flask:
     app = Flask("lsllm")
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_body_mb * 1024 * 1024)
     model = model or build_model(settings)
     metrics = model.metrics
     app.extensions["lsllm_model"] = model
+    if start_worker:
+        model.worker.start()
 
     @app.before_request
     def _start() -> Any:
@@ -130,6 +155,9 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None) -> Flas
             )
         except (UnsupportedConfig, ValueError) as exc:
             return _error(400, str(exc))
+        except SQLAlchemyError:
+            log.error("/setup: the store is unavailable")
+            return _error(503, "the backend's store is unavailable")
         return jsonify(answer)
 
     @app.post("/predict")
@@ -146,8 +174,13 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None) -> Flas
             plan = model.plan_for(body.get("project"), label_config)
         except (UnsupportedConfig, ValueError) as exc:
             return _error(400, str(exc))
-        version = model.version_for(plan)
-        results = model.predictor.predict_tasks(plan, tasks, version)
+        project_id = model.project_key(body.get("project"))
+        try:
+            version = model.version_for(plan, project_id)
+        except SQLAlchemyError:
+            version = model.version_for(plan)  # the store is down: predict zero-shot rather than fail
+            project_id = None
+        results = model.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
         del params  # interactive context is not used for text yet
         return jsonify({"results": [r.item for r in results], "model_version": version})
 
@@ -157,7 +190,40 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None) -> Flas
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise _BadRequest("'action' is required")
-        return jsonify(model.fit(action, body)), 200
+        try:
+            answer = model.fit(action, body)
+        except BadEvent as exc:
+            metrics.webhook_events.labels(action, "rejected").inc()
+            log.warning("webhook %s rejected: %s", action, exc)
+            return _error(422, str(exc))
+        except SQLAlchemyError as exc:
+            metrics.webhook_events.labels(action, "unavailable").inc()
+            log.error("webhook %s: the store is unavailable (%s); Label Studio will not retry, "
+                      "use Start Training to resync", action, type(exc).__name__)
+            return _error(503, "the backend's store is unavailable")
+        return jsonify(answer), 200
+
+    @app.get("/projects/<project>/examples")
+    def list_examples(project: str) -> Any:
+        try:
+            project_id = normalise_project_id(project)
+            page = max(1, int(request.args.get("page", 1)))
+            size = min(1000, max(1, int(request.args.get("page_size", 100))))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        status = request.args.get("status", "live")
+        total, rows = model.examples.page(project_id, (page - 1) * size, size, status)
+        return jsonify(
+            {
+                "project": project_id,
+                "status": status,
+                "total": total,
+                "page": page,
+                "page_size": size,
+                "examples_version": model.projects.examples_version(project_id),
+                "examples": [row.as_json() for row in rows],
+            }
+        )
 
     @app.get("/versions")
     def versions() -> Any:
@@ -165,6 +231,24 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None) -> Flas
 
     @app.get("/metrics")
     def metrics_route() -> Any:
-        return Response(metrics.exposition(), mimetype="text/plain; version=0.0.4")
+        body = metrics.exposition() + store_metrics(model)
+        return Response(body, mimetype="text/plain; version=0.0.4")
 
     return app
+
+
+def store_metrics(model: LLMBackendModel) -> bytes:
+    """Example and event counts straight from the shared store (identical in every worker)."""
+    lines = [
+        "# HELP lsllm_examples Examples in the store by project and status",
+        "# TYPE lsllm_examples gauge",
+    ]
+    try:
+        for project_id, status, n in model.examples.all_counts():
+            lines.append(f'lsllm_examples{{project="{project_id}",status="{status}"}} {n}')
+        lines += ["# HELP lsllm_events Webhook events in the store by outcome", "# TYPE lsllm_events gauge"]
+        for outcome, n in sorted(model.examples.event_counts().items()):
+            lines.append(f'lsllm_events{{outcome="{outcome}"}} {n}')
+    except SQLAlchemyError:
+        lines.append("# store unavailable")
+    return ("\n".join(lines) + "\n").encode()

@@ -10,11 +10,15 @@ import logging
 import re
 from typing import Any, Mapping, Sequence
 
+from backend.example_store import ExampleStore
+from backend.learning import EventWorker
 from backend.metrics import Metrics
 from backend.predictor import Predictor, ProjectPlan
 from backend.project_id import normalise_project_id
 from backend.project_store import ProjectStore
 from backend.settings import Settings
+from backend.webhook import BadEvent, intake
+from converters.examples import result_errors
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +31,32 @@ def model_version(settings: Settings, model: str, examples_version: str = "e0") 
 
 class LLMBackendModel:
     def __init__(
-        self, settings: Settings, predictor: Predictor, projects: ProjectStore, metrics: Metrics
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        projects: ProjectStore,
+        metrics: Metrics,
+        examples: ExampleStore,
+        worker: EventWorker,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
         self.projects = projects
         self.metrics = metrics
+        self.examples = examples
+        self.worker = worker
 
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
-        return model_version(self.settings, model)
+        examples = self.projects.examples_version(project_id) if project_id else 0
+        return model_version(self.settings, model, f"e{examples}")
+
+    @staticmethod
+    def project_key(project: Any) -> str | None:
+        try:
+            return normalise_project_id(project)
+        except ValueError:
+            return None
 
     def setup(
         self,
@@ -77,11 +97,44 @@ class LLMBackendModel:
     ) -> list[Any]:
         """One item per task, in order: a prediction dict, or [] for a task to be asked again later."""
         plan = self.plan_for(project, label_config)
-        version = self.version_for(plan)
-        results = self.predictor.predict_tasks(plan, tasks, version)
+        project_id = self.project_key(project)
+        version = self.version_for(plan, project_id)
+        results = self.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
         return [r.item for r in results]
 
     def fit(self, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Webhook events; the durable learning store takes them (see backend.webhook)."""
-        self.metrics.webhook_events.labels(event or "unknown", "ignored").inc()
-        return {"status": "ignored", "action": event}
+        """Take a webhook event: check it, write it to the durable event table, return at once.
+
+        The event worker applies it in the background. Raises BadEvent (-> 4xx) for a payload of the
+        wrong shape or whose result does not fit the project's config; database errors propagate
+        (-> 503)."""
+        accepted = intake({**data, "action": event})
+        if accepted is None:
+            self.metrics.webhook_events.labels(event, "ignored").inc()
+            return {"status": "ignored", "action": event}
+        self._check_results(accepted.project_id, accepted.payload)
+        event_id = self.examples.append_event(accepted.project_id, accepted.action, accepted.payload)
+        self.metrics.webhook_events.labels(accepted.action, "stored").inc()
+        self.worker.wake()
+        return {"status": "ok", "action": accepted.action, "event_id": event_id}
+
+    def _check_results(self, project_id: str, payload: Mapping[str, Any]) -> None:
+        annotations = [a for a in payload.get("annotations") or [] if not a.get("was_cancelled")]
+        if not annotations:
+            return
+        config = payload.get("label_config")
+        if not config:
+            info = self.projects.get(project_id)
+            config = info.label_config if info else None
+        if not config:
+            return
+        try:
+            plan = self.predictor.plan(config)
+        except ValueError:
+            return  # a config this backend does not predict: nothing to learn, the worker ignores it
+        tasks = {t["id"]: t for t in payload.get("tasks") or []}
+        for annotation in annotations:
+            task = tasks.get(annotation["task_id"]) or {}
+            errors = result_errors(plan.interface, plan.spec, task.get("data") or {}, annotation["result"])
+            if errors:
+                raise BadEvent(f"annotation {annotation['id']} does not fit the project's config: {errors[0]}")

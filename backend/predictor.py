@@ -29,8 +29,8 @@ from prompts import Example, PromptRenderer
 
 log = logging.getLogger(__name__)
 
-# Examples for a task: (plan, task texts) -> few-shot examples. Empty until the learning store is used.
-ExampleSource = Callable[["ProjectPlan", Mapping[str, str]], Sequence[Example]]
+# Few-shot examples for a task: (project id, spec, task texts) -> examples, most similar last.
+ExampleSource = Callable[[str | None, TaskSpec, Mapping[str, str]], Sequence[Example]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Predictor:
         self.llm = llm
         self.metrics = metrics
         self.renderer = renderer or PromptRenderer(settings.prompt_version)
-        self.examples = examples or (lambda plan, texts: ())
+        self.examples = examples or (lambda project_id, spec, texts: ())
         self._pool = ThreadPoolExecutor(
             max_workers=settings.llm_max_concurrency, thread_name_prefix="llm"
         )
@@ -111,9 +111,11 @@ class Predictor:
         )
 
     # --- one task ------------------------------------------------------------------------------
-    def messages(self, plan: ProjectPlan, texts: Mapping[str, str]) -> list[dict[str, str]]:
+    def messages(
+        self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None
+    ) -> list[dict[str, str]]:
         mode = self.llm.response_mode
-        examples = self.examples(plan, texts)
+        examples = self.examples(project_id, plan.spec, texts)
         return self.renderer.messages(
             plan.spec,
             texts,
@@ -123,7 +125,12 @@ class Predictor:
         )
 
     def predict_task(
-        self, plan: ProjectPlan, task: Mapping[str, Any], model_version: str, deadline: float | None = None
+        self,
+        plan: ProjectPlan,
+        task: Mapping[str, Any],
+        model_version: str,
+        deadline: float | None = None,
+        project_id: str | None = None,
     ) -> TaskResult:
         task_id = task.get("id") if isinstance(task, Mapping) else None
         try:
@@ -138,7 +145,9 @@ class Predictor:
             if timeout <= 0.2:
                 self.metrics.tasks.labels("deadline").inc()
                 return TaskResult([], error="deadline reached before the LLM call")
-        messages = self.messages(plan, texts)
+        messages = self.messages(plan, texts, project_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s prompt: %s", task_id, json.dumps(messages, ensure_ascii=False))
         options = CallOptions(
             model=plan.model,
             temperature=plan.temperature,
@@ -196,6 +205,7 @@ class Predictor:
         tasks: Sequence[Any],
         model_version: str,
         deadline_seconds: float | None = None,
+        project_id: str | None = None,
     ) -> list[TaskResult]:
         """One result per task, in order; unfinished tasks at the deadline answer []."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.predict_deadline)
@@ -205,7 +215,9 @@ class Predictor:
                 self.metrics.tasks.labels("bad_task").inc()
                 futures.append(TaskResult([], error="task is not an object"))
                 continue
-            futures.append(self._pool.submit(self.predict_task, plan, task, model_version, deadline))
+            futures.append(
+                self._pool.submit(self.predict_task, plan, task, model_version, deadline, project_id)
+            )
         pending = [f for f in futures if isinstance(f, Future)]
         wait(pending, timeout=max(0.0, deadline - time.monotonic()))
         results: list[TaskResult] = []

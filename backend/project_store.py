@@ -12,23 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, String, Table, Text, create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine
 
+from backend.db import insert_ignore, projects
 from backend.project_id import normalise_project_id
-
-metadata = MetaData()
-
-projects = Table(
-    "projects",
-    metadata,
-    Column("project_id", String(64), primary_key=True),
-    Column("label_config", Text, nullable=True),
-    Column("extra_params", Text, nullable=True),
-    Column("hostname", String(512), nullable=True),
-    Column("access_token", String(512), nullable=True),
-    Column("updated_at", Float, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -40,28 +28,12 @@ class ProjectInfo:
     access_token: str | None
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the store; SQLite gets WAL and a busy timeout so several processes can share it."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-
-
 class ProjectStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._cache: dict[str, tuple[float, ProjectInfo]] = {}
         self._lock = threading.Lock()
-        metadata.create_all(engine)
+        self._versions: dict[str, tuple[float, int]] = {}
 
     def save(
         self,
@@ -85,17 +57,23 @@ class ProjectStore:
             "updated_at": time.time(),
         }
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                projects.update().where(projects.c.project_id == project_id).values(**row)
-            ).rowcount
-            if not updated:
-                try:
-                    conn.execute(projects.insert().values(project_id=project_id, **row))
-                except Exception:  # another worker inserted it first
-                    conn.execute(projects.update().where(projects.c.project_id == project_id).values(**row))
+            upsert_project(conn, project_id, row)
         with self._lock:
             self._cache[project_id] = (time.monotonic(), info)
         return info
+
+    def examples_version(self, project_id: str) -> int:
+        """The project's example-set version, read at most once a second per process."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._versions.get(project_id)
+            if cached and now - cached[0] < 1.0:
+                return cached[1]
+        with self.engine.connect() as conn:
+            version, _ = examples_state(conn, project_id)
+        with self._lock:
+            self._versions[project_id] = (now, version)
+        return version
 
     def get(self, project: Any) -> ProjectInfo | None:
         project_id = normalise_project_id(project)
@@ -117,3 +95,41 @@ class ProjectStore:
         with self._lock:
             self._cache[project_id] = (time.monotonic(), info)
         return info
+
+
+def upsert_project(conn: Connection, project_id: str, values: dict[str, Any]) -> None:
+    """Update the project's row, creating a bare one first if needed (race-safe across processes)."""
+    insert_ignore(conn, projects, {"project_id": project_id, "updated_at": time.time()})
+    conn.execute(projects.update().where(projects.c.project_id == project_id).values(**values))
+
+
+def next_generation(conn: Connection, project_id: str) -> int:
+    """Increment and return the project's change counter (orders example writes for index refresh)."""
+    upsert_project(conn, project_id, {"generation": projects.c.generation + 1})
+    return int(conn.execute(select(projects.c.generation).where(projects.c.project_id == project_id)).scalar_one())
+
+
+def examples_state(conn: Connection, project_id: str) -> tuple[int, int]:
+    """(examples_version, generation) of a project; (0, 0) when unknown."""
+    row = conn.execute(
+        select(projects.c.examples_version, projects.c.generation).where(projects.c.project_id == project_id)
+    ).first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def count_changes(conn: Connection, project_id: str, changes: int, policy: str, every: int, force: bool) -> int:
+    """Record `changes` example changes and bump the example-set version when the policy says so.
+
+    policy: "every" (each change), "count" (every `every` changes), "training" (only on force).
+    Returns the current examples_version."""
+    where = projects.c.project_id == project_id
+    upsert_project(conn, project_id, {"changes_since_version": projects.c.changes_since_version + changes})
+    pending = int(conn.execute(select(projects.c.changes_since_version).where(where)).scalar_one())
+    bump = force or (pending > 0 and (policy == "every" or (policy == "count" and pending >= every)))
+    if bump:
+        conn.execute(
+            projects.update().where(where).values(
+                examples_version=projects.c.examples_version + 1, changes_since_version=0
+            )
+        )
+    return int(conn.execute(select(projects.c.examples_version).where(where)).scalar_one())

@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     # --- prompting -------------------------------------------------------------------------------
     prompt_version: str = Field(default="v1", validation_alias="PROMPT_VERSION")
     few_shot_k: int = Field(default=8, ge=0, le=64, validation_alias="FEW_SHOT_K")
+    few_shot_token_budget: int = Field(default=1500, ge=0, validation_alias="FEW_SHOT_TOKEN_BUDGET")
+    examples_version_policy: str = Field(
+        default="count", pattern="^(every|count|training)$", validation_alias="EXAMPLES_VERSION_POLICY"
+    )
+    examples_version_every: int = Field(default=20, ge=1, validation_alias="EXAMPLES_VERSION_EVERY")
+    selection_refresh_seconds: float = Field(default=1.0, ge=0, validation_alias="SELECTION_REFRESH_SECONDS")
+
+    # --- Label Studio API (START_TRAINING resync; falls back to /setup's hostname + token) --------
+    label_studio_url: str | None = Field(default=None, validation_alias="LABEL_STUDIO_URL")
+    label_studio_api_key: SecretStr | None = Field(default=None, validation_alias="LABEL_STUDIO_API_KEY")
 
     def resolved_database_url(self) -> str:
         if self.database_url:

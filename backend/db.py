@@ -1,0 +1,171 @@
+"""The store's schema (SQLAlchemy Core), engine creation and migrations.
+
+SQLite (a file in DATA_DIR) by default; PostgreSQL via DATABASE_URL for several replicas. Migrations
+are ordered functions recorded in `meta.schema_version`, so a new version can open an old store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("label_config", Text, nullable=True),
+    Column("extra_params", Text, nullable=True),
+    Column("hostname", String(512), nullable=True),
+    Column("access_token", String(512), nullable=True),
+    Column("updated_at", Float, nullable=False),
+    # added by migration 2
+    Column("examples_version", Integer, nullable=False, server_default="0"),
+    Column("changes_since_version", Integer, nullable=False, server_default="0"),
+    Column("generation", BigInteger, nullable=False, server_default="0"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("lease_owner", String(32), nullable=True),
+    Column("applied_at", Float, nullable=True),
+    Column("outcome", String(32), nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_events_pending", "applied_at", "id"),
+)
+
+examples = Table(
+    "examples",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("annotation_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("task_id", BigInteger, nullable=True),
+    Column("data", Text, nullable=True),  # JSON: the task data fields the config reads
+    Column("result", Text, nullable=True),  # JSON: the reviewed Label Studio result
+    Column("labels", Text, nullable=True),  # JSON list of label values in the result
+    Column("corrected", Integer, nullable=True),  # 1 changed the prediction, 0 accepted, NULL no prediction
+    Column("completed_by", String(128), nullable=True),
+    Column("updated_at", Float, nullable=False),  # Label Studio's annotation.updated_at
+    Column("status", String(16), nullable=False),  # live, skipped, deleted, set_aside
+    Column("seq", BigInteger, nullable=False),  # projects.generation when last written
+    Column("stored_at", Float, nullable=False),
+    Index("ix_examples_seq", "project_id", "seq"),
+    Index("ix_examples_task", "project_id", "task_id"),
+)
+
+SCHEMA_VERSION = 2
+
+
+def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted (0 or 1)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return conn.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the store; SQLite gets WAL and a busy timeout so several processes can share it."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=5)
+
+
+def _add_missing_columns(conn: Connection, table: Table) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name in present:
+            continue
+        ddl = column.type.compile(dialect=conn.dialect)
+        default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+        null = "" if column.nullable else " NOT NULL"
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}{default}{null}"))
+
+
+def _migration_1(conn: Connection) -> None:
+    """Baseline: the tables exist (create_all made them)."""
+
+
+def _migration_2(conn: Connection) -> None:
+    """Version-0.1 stores had `projects` without the example-set version columns."""
+    _add_missing_columns(conn, projects)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+
+
+def schema_version(conn: Connection) -> int:
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return int(row[0]) if row else 0
+
+
+def migrate(engine: Engine) -> int:
+    """Bring any older store up to SCHEMA_VERSION; safe when several processes start at once."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                current = schema_version(conn)
+                for version, step in MIGRATIONS:
+                    if version > current:
+                        step(conn)
+                        current = version
+                stored = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+                if stored is None:
+                    conn.execute(meta.insert().values(key="schema_version", value=str(current)))
+                else:
+                    conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(current)))
+            return current
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            # another process migrated at the same moment (duplicate column/row): look again
+            if attempt == 4:
+                raise
+            log.info("migration race, retrying: %s", type(exc).__name__)
+    return SCHEMA_VERSION

@@ -1,0 +1,243 @@
+"""Apply stored webhook events to the example store, one transaction per event.
+
+An event and its "applied" mark are written together, so a worker killed mid-way leaves the event
+unapplied and another worker (or the same after restart) applies it again; every write is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from label_studio_sdk.label_interface import LabelInterface
+from sqlalchemy.engine import Engine
+
+from backend.example_store import ExampleStore, PendingEvent
+from backend.metrics import Metrics
+from backend.project_store import ProjectStore, count_changes, next_generation, upsert_project
+from converters.examples import result_errors, result_labels, reviewer_changed
+from converters.task_spec import TaskSpec, build_task_spec
+
+log = logging.getLogger(__name__)
+
+# (project_id) -> list of (task dict with id/data, [annotation dicts]) fetched from Label Studio
+Resync = Callable[[str], list[tuple[dict[str, Any], list[dict[str, Any]]]]]
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    mode: str = "count"  # every | count | training
+    every: int = 20
+
+
+class Learner:
+    def __init__(
+        self,
+        engine: Engine,
+        store: ExampleStore,
+        projects: ProjectStore,
+        metrics: Metrics,
+        policy: VersionPolicy,
+        resync: Resync | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.projects = projects
+        self.metrics = metrics
+        self.policy = policy
+        self.resync = resync
+        self._parsed: dict[str, tuple[TaskSpec, LabelInterface] | None] = {}
+
+    def _parse(self, config: str | None) -> tuple[TaskSpec, LabelInterface] | None:
+        """Spec and interface for a config, parsed once per process."""
+        if not config:
+            return None
+        if config not in self._parsed:
+            try:
+                self._parsed[config] = (build_task_spec(config), LabelInterface(config))
+            except ValueError:
+                self._parsed[config] = None
+            if len(self._parsed) > 64:
+                self._parsed.pop(next(iter(self._parsed)))
+        return self._parsed.get(config)
+
+    def project_config(self, event: PendingEvent) -> str | None:
+        config = event.payload.get("label_config")
+        if config:
+            return config
+        info = self.projects.get(event.project_id)
+        return info.label_config if info else None
+
+    def apply(self, event: PendingEvent) -> str:
+        """Apply one event; returns its outcome (applied, rejected, error)."""
+        try:
+            if event.action == "START_TRAINING":
+                return self._resync(event)
+            with self.engine.begin() as conn:
+                changes = self._apply_in(conn, event)
+                force = False
+                if changes:
+                    count_changes(conn, event.project_id, changes, self.policy.mode, self.policy.every, force)
+                self.store.mark_applied(conn, event.id, "applied")
+            self.metrics.webhook_events.labels(event.action, "applied").inc()
+            return "applied"
+        except Exception as exc:  # a bad event must not stop the queue: record why and move on
+            log.exception("event %s (%s) failed", event.id, event.action)
+            with self.engine.begin() as conn:
+                self.store.mark_applied(conn, event.id, "error", f"{type(exc).__name__}: {exc}")
+            self.metrics.webhook_events.labels(event.action, "error").inc()
+            return "error"
+
+    def _apply_in(self, conn: Any, event: PendingEvent) -> int:
+        payload = event.payload
+        pid = event.project_id
+        if event.action == "PROJECT_UPDATED":
+            return self._project_updated(conn, pid, payload.get("label_config"))
+        seq = next_generation(conn, pid)
+        if event.action == "ANNOTATIONS_DELETED":
+            return self.store.delete(conn, pid, payload.get("deleted_annotations") or [], seq)
+        if event.action == "TASKS_DELETED":
+            ids = self.store.annotation_ids_for_tasks(conn, pid, payload.get("deleted_tasks") or [])
+            return self.store.delete(conn, pid, ids, seq)
+        config = self.project_config(event)
+        tasks = {t["id"]: t for t in payload.get("tasks") or []}
+        changes = 0
+        for annotation in payload.get("annotations") or []:
+            task = tasks.get(annotation.get("task_id"))
+            if task is None:
+                continue
+            changes += self._upsert_annotation(conn, pid, config, task, annotation, seq)
+        return changes
+
+    def _upsert_annotation(
+        self, conn: Any, pid: str, config: str | None, task: Mapping[str, Any], annotation: Mapping[str, Any], seq: int
+    ) -> int:
+        parsed = self._parse(config)
+        data = dict(task.get("data") or {})
+        if parsed is not None:
+            data = {k: data[k] for k in parsed[0].data_keys if k in data}
+        status = "live"
+        if annotation.get("was_cancelled"):
+            status = "skipped"
+        elif parsed is not None and result_errors(parsed[1], parsed[0], data, annotation["result"]):
+            status = "set_aside"
+        elif not annotation.get("result"):
+            status = "skipped"
+        values = {
+            "task_id": task.get("id"),
+            "data": json.dumps(data, ensure_ascii=False),
+            "result": json.dumps(annotation.get("result") or [], ensure_ascii=False),
+            "labels": json.dumps(result_labels(annotation.get("result") or [])),
+            "corrected": _as_int(reviewer_changed(annotation.get("result") or [], annotation.get("prediction"))),
+            "completed_by": annotation.get("completed_by"),
+            "updated_at": float(annotation.get("updated_at") or 0.0),
+            "status": status,
+        }
+        return int(self.store.upsert(conn, pid, int(annotation["id"]), values, seq))
+
+    def _project_updated(self, conn: Any, pid: str, config: str | None) -> int:
+        """A changed label config sets aside examples whose labels vanished (and restores returning ones)."""
+        parsed = self._parse(config)
+        if parsed is None:
+            return 0
+        spec = parsed[0]
+        upsert_project(conn, pid, {"label_config": config})
+        known = {label.value for control in spec.controls for label in control.labels}
+        seq = next_generation(conn, pid)
+        changes = 0
+        for example in self.store.all_rows(conn, pid, ("live", "set_aside")):
+            fits = set(example.labels) <= known
+            wanted = "live" if fits else "set_aside"
+            if wanted != example.status:
+                self.store.set_status(conn, pid, example.annotation_id, wanted, seq)
+                changes += 1
+        return changes
+
+    def _resync(self, event: PendingEvent) -> str:
+        """START_TRAINING: replace the project's examples with what Label Studio holds now."""
+        if self.resync is None:
+            with self.engine.begin() as conn:
+                self.store.mark_applied(conn, event.id, "error", "no Label Studio credentials for a resync")
+            return "error"
+        fetched = self.resync(event.project_id)  # network first, outside any transaction
+        with self.engine.begin() as conn:
+            config = self.project_config(event)
+            seq = next_generation(conn, event.project_id)
+            seen: set[int] = set()
+            changes = 0
+            for task, annotations in fetched:
+                for annotation in annotations:
+                    seen.add(int(annotation["id"]))
+                    changes += self._upsert_annotation(conn, event.project_id, config, task, annotation, seq)
+            present = self.store.all_rows(conn, event.project_id, ("live", "skipped", "set_aside"))
+            gone = [e.annotation_id for e in present if e.annotation_id not in seen]
+            changes += self.store.delete(conn, event.project_id, gone, seq)
+            count_changes(conn, event.project_id, changes, self.policy.mode, self.policy.every, force=True)
+            self.store.mark_applied(conn, event.id, "applied")
+        self.metrics.webhook_events.labels(event.action, "applied").inc()
+        log.info("resync of project %s: %d annotations, %d removed", event.project_id, len(seen), len(gone))
+        return "applied"
+
+
+def _as_int(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+class EventWorker:
+    """A background thread in each worker process that applies pending events."""
+
+    def __init__(self, learner: Learner, interval: float = 0.2, batch: int = 50) -> None:
+        self.learner = learner
+        self.interval = interval
+        self.batch = batch
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="event-worker")
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def apply_pending(self) -> int:
+        """Apply every event this worker can lease now; returns how many it applied."""
+        done = 0
+        while True:
+            pending = self.learner.store.claim(self.batch)
+            if not pending:
+                return done
+            for event in pending:
+                self.learner.apply(event)
+                done += 1
+
+    def drain(self, timeout: float = 60.0) -> int:
+        """Apply until no event is pending, also those leased by other workers (tests, shutdown)."""
+        done = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done += self.apply_pending()
+            if self.learner.store.pending_count() == 0:
+                return done
+            time.sleep(0.02)
+        raise TimeoutError("events still pending after drain timeout")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.apply_pending()
+            except Exception:  # database outage: keep the thread alive and try again later
+                log.exception("event worker: cannot read the event table")
+                self._stop.wait(2.0)
+            self._wake.wait(self.interval)
+            self._wake.clear()
