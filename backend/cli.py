@@ -68,6 +68,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 # /predict can legitimately take up to PREDICT_DEADLINE seconds
                 self.cfg.set("timeout", int(ready.predict_deadline + 30))
                 self.cfg.set("graceful_timeout", 10)
+                # gthread re-arms a finished keep-alive connection only on its next 1 s poll tick, which
+                # put 1 s stalls into /webhook under load (measured); Label Studio opens a new
+                # connection per call anyway, so close after each response.
+                self.cfg.set("keepalive", 0)
                 self.cfg.set("loglevel", ready.log_level.lower())
                 self.cfg.set("accesslog", None)
 
@@ -121,6 +125,44 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if failed == 0 else 1
 
 
+def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a project's live examples as Label Studio tasks (data + the reviewed annotation)."""
+    from backend.db import make_engine, migrate
+    from backend.example_store import ExampleStore
+    from backend.project_id import normalise_project_id
+
+    try:
+        project_id = normalise_project_id(args.project)
+    except ValueError as exc:
+        print(f"lsllm examples export: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    store = ExampleStore(engine)
+    tasks, offset = [], 0
+    while True:
+        total, rows = store.page(project_id, offset, 1000, args.status)
+        for row in rows:
+            tasks.append(
+                {
+                    "data": row.data,
+                    "annotations": [{"result": row.result, "was_cancelled": False}],
+                    "meta": {"lsllm_annotation_id": row.annotation_id, "lsllm_task_id": row.task_id,
+                             "corrected": row.corrected},
+                }
+            )
+        offset += len(rows)
+        if not rows or offset >= total:
+            break
+    text = json.dumps(tasks, ensure_ascii=False, indent=1)
+    if args.out == "-":
+        print(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+    print(f"lsllm examples export: {len(tasks)} examples of project {project_id}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsllm", description="LLM pre-annotation backend for Label Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +180,13 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--concurrency", type=int, help="override LLM_MAX_CONCURRENCY")
     pred.add_argument("--deadline", type=float, default=24 * 3600.0, help="seconds for the whole file")
     pred.set_defaults(func=cmd_predict)
+    examples = sub.add_parser("examples", help="inspect the learned examples")
+    examples_sub = examples.add_subparsers(dest="examples_command", required=True)
+    export = examples_sub.add_parser("export", help="write a project's examples as Label Studio tasks")
+    export.add_argument("--project", required=True)
+    export.add_argument("--out", default="-", help="file to write, - for stdout")
+    export.add_argument("--status", default="live", choices=["live", "skipped", "set_aside", "deleted"])
+    export.set_defaults(func=cmd_examples_export)
     return p
 
 

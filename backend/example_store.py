@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from backend.db import events, examples, insert_ignore
+from backend.db import events, examples, insert_ignore, write
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ExampleStore:
 
     # --- events --------------------------------------------------------------------------------
     def append_event(self, project_id: str, action: str, payload: dict[str, Any]) -> int:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             result = conn.execute(
                 events.insert().values(
                     project_id=project_id,
@@ -91,7 +91,7 @@ class ExampleStore:
         """Lease the oldest unapplied events to this caller; expired leases (a killed worker) return."""
         owner = uuid.uuid4().hex
         now = time.time()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             ids = [
                 row[0]
                 for row in conn.execute(

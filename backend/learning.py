@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from label_studio_sdk.label_interface import LabelInterface
 from sqlalchemy.engine import Engine
 
+from backend.db import write
 from backend.example_store import ExampleStore, PendingEvent
 from backend.metrics import Metrics
 from backend.project_store import ProjectStore, count_changes, next_generation, upsert_project
@@ -72,12 +73,32 @@ class Learner:
         info = self.projects.get(event.project_id)
         return info.label_config if info else None
 
+    def apply_batch(self, batch: list[PendingEvent]) -> None:
+        """Apply several events in one write transaction (fewer commits, less lock contention);
+        if any of them fails, apply them one by one so only the bad one is marked as an error."""
+        simple = [e for e in batch if e.action != "START_TRAINING"]
+        try:
+            with write(self.engine) as conn:
+                for event in simple:
+                    changes = self._apply_in(conn, event)
+                    if changes:
+                        count_changes(conn, event.project_id, changes, self.policy.mode, self.policy.every, False)
+                    self.store.mark_applied(conn, event.id, "applied")
+            for event in simple:
+                self.metrics.webhook_events.labels(event.action, "applied").inc()
+        except Exception:  # noqa: BLE001 - isolate the failing event below
+            for event in simple:
+                self.apply(event)
+        for event in batch:
+            if event.action == "START_TRAINING":
+                self.apply(event)
+
     def apply(self, event: PendingEvent) -> str:
         """Apply one event; returns its outcome (applied, rejected, error)."""
         try:
             if event.action == "START_TRAINING":
                 return self._resync(event)
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 changes = self._apply_in(conn, event)
                 force = False
                 if changes:
@@ -87,7 +108,7 @@ class Learner:
             return "applied"
         except Exception as exc:  # a bad event must not stop the queue: record why and move on
             log.exception("event %s (%s) failed", event.id, event.action)
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 self.store.mark_applied(conn, event.id, "error", f"{type(exc).__name__}: {exc}")
             self.metrics.webhook_events.labels(event.action, "error").inc()
             return "error"
@@ -160,11 +181,11 @@ class Learner:
     def _resync(self, event: PendingEvent) -> str:
         """START_TRAINING: replace the project's examples with what Label Studio holds now."""
         if self.resync is None:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 self.store.mark_applied(conn, event.id, "error", "no Label Studio credentials for a resync")
             return "error"
         fetched = self.resync(event.project_id)  # network first, outside any transaction
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             config = self.project_config(event)
             seq = next_generation(conn, event.project_id)
             seen: set[int] = set()
@@ -190,7 +211,7 @@ def _as_int(value: bool | None) -> int | None:
 class EventWorker:
     """A background thread in each worker process that applies pending events."""
 
-    def __init__(self, learner: Learner, interval: float = 0.2, batch: int = 50) -> None:
+    def __init__(self, learner: Learner, interval: float = 0.2, batch: int = 20) -> None:
         self.learner = learner
         self.interval = interval
         self.batch = batch
@@ -217,9 +238,8 @@ class EventWorker:
             pending = self.learner.store.claim(self.batch)
             if not pending:
                 return done
-            for event in pending:
-                self.learner.apply(event)
-                done += 1
+            self.learner.apply_batch(pending)
+            done += len(pending)
 
     def drain(self, timeout: float = 60.0) -> int:
         """Apply until no event is pending, also those leased by other workers (tests, shutdown)."""

@@ -115,7 +115,6 @@ class LLMBackendModel:
         self._check_results(accepted.project_id, accepted.payload)
         event_id = self.examples.append_event(accepted.project_id, accepted.action, accepted.payload)
         self.metrics.webhook_events.labels(accepted.action, "stored").inc()
-        self.worker.wake()
         return {"status": "ok", "action": accepted.action, "event_id": event_id}
 
     def _check_results(self, project_id: str, payload: Mapping[str, Any]) -> None:

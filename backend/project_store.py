@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from backend.db import insert_ignore, projects
+from backend.db import insert_ignore, projects, write
 from backend.project_id import normalise_project_id
 
 
@@ -56,7 +56,7 @@ class ProjectStore:
             "access_token": access_token,
             "updated_at": time.time(),
         }
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             upsert_project(conn, project_id, row)
         with self._lock:
             self._cache[project_id] = (time.monotonic(), info)

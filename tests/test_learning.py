@@ -355,3 +355,27 @@ def test_start_training_without_credentials_is_recorded_not_crashing(make_app) -
     assert post(client, {"action": "START_TRAINING", "project": project(8, SENT)}).status_code == 200
     drain(app)
     assert "lsllm_events{outcome=\"error\"} 1" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_examples_export_cli(make_app, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    app = make_app()
+    client = app.test_client()
+    post(client, annotation_event("ANNOTATION_CREATED", SENT, 1400, 14, "lovely", [choice("positive")], T0))
+    post(client, annotation_event("ANNOTATION_CREATED", SENT, 1401, 15, "awful", [choice("negative")], T0))
+    post(client, deleted_event(SENT, [1401]))
+    drain(app)
+    out = tmp_path / "export.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "examples", "export", "--project", "7", "--out", str(out)],
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path / "data")},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    tasks = json.loads(out.read_text())
+    assert [t["data"] for t in tasks] == [{"text": "lovely"}]
+    assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["positive"]

@@ -1,0 +1,58 @@
+"""The example store on PostgreSQL (DATABASE_URL), the choice for several replicas: the same flows as on
+SQLite, plus two apps (two replicas) sharing one database."""
+
+from __future__ import annotations
+
+import pytest
+
+import test_learning as flows
+from backend.db import SCHEMA_VERSION, make_engine, migrate
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_app(make_app, pg_url):
+    def factory(**overrides):
+        return make_app(database_url=pg_url, **overrides)
+
+    return factory
+
+
+def test_migrate_on_postgres(pg_url) -> None:
+    engine = make_engine(pg_url)
+    assert migrate(engine) == SCHEMA_VERSION
+    assert migrate(engine) == SCHEMA_VERSION
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        flows.test_create_update_duplicate_out_of_order_delete,
+        flows.test_delete_before_create_and_skip,
+        flows.test_bulk_create_task_import_and_task_delete,
+        flows.test_project_updated_sets_aside_vanished_labels,
+        flows.test_bad_payloads_get_4xx_never_500,
+    ],
+    ids=lambda f: f.__name__.removeprefix("test_"),
+)
+def test_flows_on_postgres(pg_app, flow, caplog) -> None:
+    if "caplog" in flow.__code__.co_varnames[: flow.__code__.co_argcount]:
+        flow(pg_app, caplog)
+    else:
+        flow(pg_app)
+
+
+def test_two_replicas_share_one_store(pg_app) -> None:
+    first, second = pg_app(), pg_app()
+    a, b = first.test_client(), second.test_client()
+    created = flows.annotation_event("ANNOTATION_CREATED", flows.SENT, 1, 1, "good", [flows.choice("positive")], flows.T0)
+    updated = flows.annotation_event("ANNOTATION_UPDATED", flows.SENT, 1, 1, "good", [flows.choice("neutral")], flows.T0 + 1)
+    assert flows.post(a, updated).status_code == 200
+    assert flows.post(b, created).status_code == 200  # older, through the other replica
+    flows.drain(first)
+    flows.drain(second)
+    for client in (a, b):
+        examples = flows.live(client)
+        assert examples[1]["result"][0]["value"]["choices"] == ["neutral"]
