@@ -7,7 +7,12 @@ BIN    := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install run test test-fast bench clean
+# Label Studio for the end-to-end tests, in its own virtualenv (it pins its own openai and Django),
+# outside the clone so that every clone and CI run on this machine reuse it.
+LS_VERSION ?= 1.23.2
+LS_VENV    ?= $(HOME)/.cache/lsllm/ls-venv-$(LS_VERSION)
+
+.PHONY: install run test test-fast ls-venv bench clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +27,16 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/lsllm serve
 
-test: install
-	$(BIN)/python -m pytest -q
+ls-venv: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q 'label-studio==$(LS_VERSION)'
+	touch $@
+
+test: install ls-venv
+	LSLLM_LS_VENV=$(LS_VENV) $(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not local_model and not labelstudio"
