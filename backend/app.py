@@ -26,6 +26,7 @@ from backend.model import LLMBackendModel
 from backend.predictor import Predictor
 from backend.project_id import normalise_project_id
 from backend.project_store import ProjectStore
+from backend.push import PushDelivery
 from backend.resync import make_resync
 from backend.selection import Selector
 from backend.settings import Settings
@@ -66,7 +67,8 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         VersionPolicy(settings.examples_version_policy, settings.examples_version_every),
         resync=make_resync(settings, projects),
     )
-    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner))
+    push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size)
+    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push)
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -180,6 +182,13 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
         except SQLAlchemyError:
             version = model.version_for(plan)  # the store is down: predict zero-shot rather than fail
             project_id = None
+        try:
+            pushed = model.try_push(plan, project_id, version, tasks)
+        except SQLAlchemyError:
+            pushed = False  # the store is down: answer synchronously instead
+        if pushed:
+            # stored by the push; [] per task makes Label Studio store nothing now (measured)
+            return jsonify({"results": [[] for _ in tasks], "model_version": version})
         results = model.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
         del params  # interactive context is not used for text yet
         return jsonify({"results": [r.item for r in results], "model_version": version})

@@ -91,7 +91,17 @@ examples = Table(
     Index("ix_examples_task", "project_id", "task_id"),
 )
 
-SCHEMA_VERSION = 2
+push_jobs = Table(
+    "push_jobs",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("task_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("model_version", String(200), primary_key=True),
+    Column("status", String(16), nullable=False),  # queued, pushed
+    Column("updated_at", Float, nullable=False),
+)
+
+SCHEMA_VERSION = 3
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
@@ -166,7 +176,15 @@ def _migration_2(conn: Connection) -> None:
     _add_missing_columns(conn, projects)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+def _migration_3(conn: Connection) -> None:
+    """push_jobs (pushed delivery of large /predict batches): a new table, made by create_all."""
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+]
 
 
 def schema_version(conn: Connection) -> int:

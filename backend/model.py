@@ -16,6 +16,8 @@ from backend.metrics import Metrics
 from backend.predictor import Predictor, ProjectPlan
 from backend.project_id import normalise_project_id
 from backend.project_store import ProjectStore
+from backend.push import PushDelivery
+from backend.resync import ResyncError, credentials
 from backend.settings import Settings
 from backend.webhook import BadEvent, intake
 from converters.examples import result_errors
@@ -38,6 +40,7 @@ class LLMBackendModel:
         metrics: Metrics,
         examples: ExampleStore,
         worker: EventWorker,
+        push: "PushDelivery | None" = None,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
@@ -45,6 +48,7 @@ class LLMBackendModel:
         self.metrics = metrics
         self.examples = examples
         self.worker = worker
+        self.push = push
 
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
@@ -101,6 +105,26 @@ class LLMBackendModel:
         version = self.version_for(plan, project_id)
         results = self.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
         return [r.item for r in results]
+
+    def try_push(
+        self, plan: ProjectPlan, project_id: str | None, version: str, tasks: Sequence[Any]
+    ) -> bool:
+        """Hand a large batch to the push path; False when it should be answered synchronously."""
+        threshold = self.settings.push_threshold
+        if self.push is None or not threshold or len(tasks) <= threshold or project_id is None:
+            return False
+        try:
+            url, token = credentials(self.settings, self.projects, project_id)
+        except ResyncError:
+            return False
+        valid = [t for t in tasks if isinstance(t, Mapping) and isinstance(t.get("id"), int)]
+        claimed = self.push.claim(project_id, version, [t["id"] for t in valid])
+        mine = [t for t in valid if t["id"] in claimed]
+        if mine:
+            self.push.submit(plan, project_id, version, mine, url, token)
+        log.info("project %s: %d tasks pushed in the background (%d already in flight or done)",
+                 project_id, len(mine), len(valid) - len(mine))
+        return True
 
     def fit(self, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """Take a webhook event: check it, write it to the durable event table, return at once.

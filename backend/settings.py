@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="Seconds a /predict may take before unfinished tasks answer [] (LS gives up at 100 s).",
     )
 
+    push_threshold: int = Field(
+        default=50,
+        ge=0,
+        validation_alias="PUSH_THRESHOLD",
+        description="/predict calls with more tasks are answered at once and pushed (0: never push)",
+    )
+    push_batch_size: int = Field(default=50, ge=1, le=1000, validation_alias="PUSH_BATCH_SIZE")
+
     # --- storage ---------------------------------------------------------------------------------
     data_dir: Path = Field(default=Path("data"), validation_alias="DATA_DIR")
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")

@@ -218,3 +218,40 @@ def test_basic_auth_on_both_sides(label_studio, provider) -> None:
     finally:
         stop(secured.proc)
         cleanup(secured.data_dir)
+
+
+def test_large_retrieve_is_pushed_once_per_task(label_studio, backend) -> None:
+    cfg = config("sentiment")
+    project = create_project(label_studio, "e2e push", cfg)
+    n = 150  # above PUSH_THRESHOLD (50)
+    import_tasks(label_studio, project, [f"review number {i}" for i in range(n)])
+    assert connect(label_studio, project, backend.url).status_code == 201
+    started = time.monotonic()
+    assert retrieve_predictions(label_studio, project).status_code == 200
+    blocked = time.monotonic() - started
+    again = retrieve_predictions(label_studio, project)  # asks again while the push is in flight
+    assert again.status_code == 200
+
+    def all_stored() -> list[dict] | None:
+        tasks = tasks_of(label_studio, project)
+        return tasks if all(t["predictions"] for t in tasks) else None
+
+    tasks = wait_for(all_stored, timeout=120, interval=0.5)
+    stored_after = time.monotonic() - started
+    assert tasks, "not every task received its pushed prediction"
+    interface = LabelInterface(cfg)
+    versions = set()
+    for task in tasks:
+        assert len(task["predictions"]) == 1, task["predictions"]
+        prediction = task["predictions"][0]
+        versions.add(prediction["model_version"])
+        item = {"result": prediction["result"], "model_version": prediction["model_version"]}
+        if prediction.get("score") is not None:
+            item["score"] = prediction["score"]
+        assert not interface.validate_prediction(item, return_errors=True)
+    setup = httpx.post(f"{backend.url}/setup", json={"project": f"{project}.1", "schema": cfg}).json()
+    assert versions == {setup["model_version"]}
+    retrieve_predictions(label_studio, project)  # everything holds the current version: nothing new
+    time.sleep(1.0)
+    assert all(len(t["predictions"]) == 1 for t in tasks_of(label_studio, project))
+    print(f"push: {n} tasks, retrieve call blocked {blocked:.1f} s, all stored after {stored_after:.1f} s")
