@@ -150,27 +150,19 @@ class ExampleStore:
         now = time.time()
         row = {**values, "seq": seq, "stored_at": now}
         key = and_(examples.c.project_id == project_id, examples.c.annotation_id == annotation_id)
-        written = conn.execute(
+        conditional = (
             examples.update()
             .where(key)
             .where(examples.c.status != "deleted")
             .where(examples.c.updated_at <= values["updated_at"])
             .values(**row)
-        ).rowcount
-        if written:
+        )
+        if conn.execute(conditional).rowcount:
             return True
         if insert_ignore(conn, examples, {"project_id": project_id, "annotation_id": annotation_id, **row}):
             return True
         # a row appeared meanwhile (another worker): apply the same conditional update once more
-        return bool(
-            conn.execute(
-                examples.update()
-                .where(key)
-                .where(examples.c.status != "deleted")
-                .where(examples.c.updated_at <= values["updated_at"])
-                .values(**row)
-            ).rowcount
-        )
+        return bool(conn.execute(conditional).rowcount)
 
     def delete(self, conn: Connection, project_id: str, annotation_ids: Iterable[int], seq: int) -> int:
         """Tombstone annotations: deleted stays deleted, also for a creation that arrives later."""

@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.types import PredictionRequest
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
 
@@ -34,9 +36,6 @@ Sender = Callable[[str, str, str, list[dict[str, Any]]], None]
 
 def sdk_sender(url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> None:
     """Push predictions with label-studio-sdk's import_predictions."""
-    from label_studio_sdk import LabelStudio
-    from label_studio_sdk.types import PredictionRequest
-
     client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=60)
     client.projects.import_predictions(id=int(project_id), request=[PredictionRequest(**item) for item in items])
 
@@ -59,12 +58,15 @@ class PushDelivery:
         self.stale_seconds = stale_seconds
         self.sender = sender
         self.retries = retries
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-predict")
+        # pushes run beside the predictions of the next batch, so neither waits for the other
+        self._senders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push-send")
         self.undelivered: list[int] = []  # task ids given up on in this process, for reports
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def claim(self, project_id: str, version: str, task_ids: Sequence[int]) -> set[int]:
         """Task ids this call now owns; ids queued or pushed for this version elsewhere are skipped,
@@ -146,17 +148,21 @@ class PushDelivery:
                 else:
                     failed.append(int(task["id"]))
             self._release(project_id, version, failed)  # asked again on the next retrieve
-            if items and self._push(url, token, project_id, items):
-                self._mark_pushed(project_id, version, [i["task"] for i in items])
-                self.metrics.tasks.labels("pushed").inc(len(items))
-            elif items:
-                lost = [i["task"] for i in items]
-                self._release(project_id, version, lost)
-                with self._lock:
-                    self.undelivered.extend(lost)
-                self.metrics.tasks.labels("push_failed").inc(len(items))
-                log.error("push: %d predictions for project %s could not be delivered; they will be "
-                          "predicted again on the next Retrieve predictions", len(items), project_id)
+            if items:
+                self._senders.submit(self._deliver, url, token, project_id, version, items)
+
+    def _deliver(self, url: str, token: str, project_id: str, version: str, items: list[dict[str, Any]]) -> None:
+        if self._push(url, token, project_id, items):
+            self._mark_pushed(project_id, version, [i["task"] for i in items])
+            self.metrics.tasks.labels("pushed").inc(len(items))
+            return
+        lost = [i["task"] for i in items]
+        self._release(project_id, version, lost)
+        with self._lock:
+            self.undelivered.extend(lost)
+        self.metrics.tasks.labels("push_failed").inc(len(items))
+        log.error("push: %d predictions for project %s could not be delivered; they will be "
+                  "predicted again on the next Retrieve predictions", len(items), project_id)
 
     def _push(self, url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> bool:
         for attempt in range(self.retries + 1):

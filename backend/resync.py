@@ -11,6 +11,8 @@ import logging
 import math
 from typing import Any
 
+from label_studio_sdk import LabelStudio
+
 from backend.project_store import ProjectStore
 from backend.settings import Settings
 from backend.webhook import BadEvent, parse_annotation
@@ -45,8 +47,6 @@ def fetch_project_annotations(
     url: str, token: str, project_id: str, page_size: int = 100, timeout: float = 30.0
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Every task of the project with its annotations, normalised like webhook annotations."""
-    from label_studio_sdk import LabelStudio
-
     client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=timeout)
     out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     page, pages = 1, 1
