@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -197,6 +197,22 @@ class Predictor:
                 kept.append(region)
         item["result"] = kept
         return item
+
+    # --- a stream ------------------------------------------------------------------------------
+    def predict_stream(
+        self, plan: ProjectPlan, tasks: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
+    ) -> Iterator[tuple[Mapping[str, Any], TaskResult]]:
+        """(task, result) pairs as they finish, all tasks in flight on the shared pool (no deadline)."""
+        futures = {
+            self._pool.submit(self.predict_task, plan, task, model_version, None, project_id): task for task in tasks
+        }
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                yield task, future.result()
+            except Exception as exc:  # noqa: BLE001 - one task's bug must not end the stream
+                log.error("task %s failed unexpectedly: %r", task.get("id"), exc)
+                yield task, TaskResult([], error="internal error")
 
     # --- a batch -------------------------------------------------------------------------------
     def predict_tasks(

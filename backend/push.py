@@ -14,6 +14,7 @@ prediction or push failed loses its claim, so the next "Retrieve predictions" as
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ class PushDelivery:
         stale_seconds: float = 900.0,
         sender: Sender = sdk_sender,
         retries: int = 3,
+        max_push: int = 1000,
     ) -> None:
         self.engine = engine
         self.predictor = predictor
@@ -58,6 +60,7 @@ class PushDelivery:
         self.stale_seconds = stale_seconds
         self.sender = sender
         self.retries = retries
+        self.max_push = max_push
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-predict")
         # pushes run beside the predictions of the next batch, so neither waits for the other
         self._senders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push-send")
@@ -130,29 +133,52 @@ class PushDelivery:
     def _run(
         self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str
     ) -> None:
-        for start in range(0, len(tasks), self.batch_size):
-            chunk = tasks[start : start + self.batch_size]
-            try:
-                results = self.predictor.predict_tasks(
-                    plan, chunk, version, deadline_seconds=3600.0, project_id=project_id
-                )
-            except Exception:  # noqa: BLE001 - never lose the claims silently
-                log.exception("push: prediction of a batch failed")
-                self._release(project_id, version, [int(t["id"]) for t in chunk])
-                continue
-            items, failed = [], []
-            for task, result in zip(chunk, results):
-                if result.item:
-                    items.append({"task": int(task["id"]), "result": result.item["result"],
-                                  "score": result.item.get("score"), "model_version": version})
-                else:
-                    failed.append(int(task["id"]))
-            self._release(project_id, version, failed)  # asked again on the next retrieve
+        """Predict batch after batch; a sender thread pushes whatever is ready in one call, so while a
+        push is in flight the next results gather (Label Studio's cost is per call, not per item)."""
+        ready: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        sender = self._senders.submit(self._send_ready, ready, url, token, project_id, version)
+        items: list[dict[str, Any]] = []
+        try:
+            for task, result in self.predictor.predict_stream(plan, tasks, version, project_id):
+                if not result.item:
+                    self._release(project_id, version, [int(task["id"])])  # asked again next retrieve
+                    continue
+                items.append({"task": int(task["id"]), "result": result.item["result"],
+                              "score": result.item.get("score"), "model_version": version})
+                if len(items) >= self.batch_size:
+                    ready.put(items)
+                    items = []
+        except Exception:  # noqa: BLE001 - never lose the claims silently
+            log.exception("push: predictions stopped")
+        finally:
             if items:
-                self._senders.submit(self._deliver, url, token, project_id, version, items)
+                ready.put(items)
+            ready.put(None)
+            sender.result()
+
+    def _send_ready(
+        self, ready: "queue.Queue[list[dict[str, Any]] | None]", url: str, token: str, project_id: str, version: str
+    ) -> None:
+        finished = False
+        while not finished:
+            items = ready.get()
+            if items is None:
+                return
+            while len(items) < self.max_push:
+                try:
+                    more = ready.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    finished = True
+                    break
+                items.extend(more)
+            self._deliver(url, token, project_id, version, items)
 
     def _deliver(self, url: str, token: str, project_id: str, version: str, items: list[dict[str, Any]]) -> None:
+        began = time.perf_counter()
         if self._push(url, token, project_id, items):
+            log.info("push: %d predictions delivered in %.2f s", len(items), time.perf_counter() - began)
             self._mark_pushed(project_id, version, [i["task"] for i in items])
             self.metrics.tasks.labels("pushed").inc(len(items))
             return
