@@ -112,3 +112,43 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# --- a real Label Studio and this backend under gunicorn, shared by the end-to-end modules ---------
+from labelstudio_harness import LS_VENV, Backend, LabelStudio, cleanup, start_backend, start_label_studio, stop  # noqa: E402
+from scripted_provider import last_user_text  # noqa: E402
+from e2e_answers import ANSWERS  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def label_studio() -> Iterator[LabelStudio]:
+    if not (LS_VENV / "bin" / "label-studio").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Label Studio must be installed for CI at {LS_VENV} (make ls-venv)")
+        pytest.skip(f"Label Studio not installed at {LS_VENV}: run `make ls-venv`")
+    ls = start_label_studio()
+    yield ls
+    stop(ls.proc)
+    cleanup(ls.data_dir)
+
+
+@pytest.fixture(scope="session")
+def e2e_provider() -> Iterator[ScriptedProvider]:
+    def respond(body: dict) -> Any:
+        text = last_user_text(body)
+        if text in ANSWERS:
+            return json_answer(ANSWERS[text])
+        return json_answer({"sentiment": "neutral"})
+
+    with ScriptedProvider(respond) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def e2e_backend(e2e_provider) -> Iterator[Backend]:
+    b = start_backend(e2e_provider.base_url)
+    yield b
+    stop(b.proc)
+    cleanup(b.data_dir)
+
+

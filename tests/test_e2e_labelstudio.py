@@ -6,75 +6,22 @@ the Makefile installs it and a missing install fails instead."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from conftest import config, json_answer
-from labelstudio_harness import LS_VENV, Backend, LabelStudio, cleanup, start_backend, start_label_studio, stop
-from scripted_provider import ScriptedProvider, last_user_text
+from conftest import config
+from labelstudio_harness import Backend, LabelStudio, cleanup, start_backend, stop
 from converters.regions import offset_errors
 from converters.task_spec import build_task_spec
 
 pytestmark = pytest.mark.labelstudio
 
 NER_SENT = config("ner_sentiment")
-TEXTS = [
-    "🎉🎉 Hello Ada Lovelace, welcome to London!",
-    "Crème brûlée at Café Zürich with François.",
-    "Bank of America opened an office in America.",
-    "東京 is where ソニー has its headquarters.",
-    "Paris Hilton flew to Paris.\nThen back to Paris.",
-]
-ANSWERS = {
-    TEXTS[0]: {"label": [{"text": "Ada Lovelace", "label": "Person"}, {"text": "london.", "label": "Location"}],
-               "sentiment": "positive", "topics": []},
-    TEXTS[1]: {"label": [{"text": "Café Zürich", "label": "Organization"}, {"text": "François", "label": "Person"}],
-               "sentiment": "positive", "topics": ["business"]},
-    TEXTS[2]: {"label": [{"text": "Bank of America", "label": "Organization"}, {"text": "America", "label": "Location"}],
-               "sentiment": "neutral", "topics": ["business"]},
-    TEXTS[3]: {"label": [{"text": "東京", "label": "Location"}, {"text": "ソニー", "label": "Organization"}],
-               "sentiment": "neutral", "topics": []},
-    TEXTS[4]: {"label": [{"text": "Paris Hilton", "label": "Person"}, {"text": "Paris", "label": "Location"},
-                         {"text": "Paris", "label": "Location"}], "sentiment": "neutral", "topics": []},
-}
-
-
-@pytest.fixture(scope="module")
-def label_studio() -> Iterator[LabelStudio]:
-    if not (LS_VENV / "bin" / "label-studio").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Label Studio must be installed for CI at {LS_VENV} (make ls-venv)")
-        pytest.skip(f"Label Studio not installed at {LS_VENV}: run `make ls-venv`")
-    ls = start_label_studio()
-    yield ls
-    stop(ls.proc)
-    cleanup(ls.data_dir)
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[ScriptedProvider]:
-    def respond(body: dict) -> Any:
-        text = last_user_text(body)
-        if text in ANSWERS:
-            return json_answer(ANSWERS[text])
-        return json_answer({"sentiment": "neutral"})
-
-    with ScriptedProvider(respond) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def backend(provider) -> Iterator[Backend]:
-    b = start_backend(provider.base_url)
-    yield b
-    stop(b.proc)
-    cleanup(b.data_dir)
+from e2e_answers import TEXTS  # noqa: E402
 
 
 def create_project(ls: LabelStudio, title: str, label_config: str) -> int:
@@ -126,10 +73,10 @@ def backend_examples(backend: Backend, project: int, status: str = "live") -> di
     return {e["annotation_id"]: e for e in body["examples"]}
 
 
-def test_predictions_stored_by_label_studio_are_valid(label_studio, backend) -> None:
+def test_predictions_stored_by_label_studio_are_valid(label_studio, e2e_backend) -> None:
     project = create_project(label_studio, "e2e ner+sentiment", NER_SENT)
     import_tasks(label_studio, project, TEXTS)
-    assert connect(label_studio, project, backend.url).status_code == 201
+    assert connect(label_studio, project, e2e_backend.url).status_code == 201
     response = retrieve_predictions(label_studio, project)
     assert response.status_code == 200, response.text
     interface = LabelInterface(NER_SENT)
@@ -157,29 +104,29 @@ def test_predictions_stored_by_label_studio_are_valid(label_studio, backend) -> 
     assert (ada["value"]["start"], ada["value"]["end"]) == (9, 21)
 
 
-def test_annotations_flow_into_the_example_store(label_studio, backend) -> None:
+def test_annotations_flow_into_the_example_store(label_studio, e2e_backend) -> None:
     cfg = config("sentiment")
     project = create_project(label_studio, "e2e learning", cfg)
     task_ids = import_tasks(label_studio, project, ["great product", "awful service", "it is fine"])
-    assert connect(label_studio, project, backend.url).status_code == 201
+    assert connect(label_studio, project, e2e_backend.url).status_code == 201
     result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": ["positive"]}}]
     created = label_studio.api("POST", f"/api/tasks/{task_ids[0]}/annotations", json={"result": result})
     assert created.status_code == 201, created.text
     annotation_id = int(created.json()["id"])
     started = time.monotonic()
-    examples = wait_for(lambda: backend_examples(backend, project), timeout=5)
+    examples = wait_for(lambda: backend_examples(e2e_backend, project), timeout=5)
     assert annotation_id in examples, examples
     print(f"annotation visible in the example store after {time.monotonic() - started:.2f} s")
     assert time.monotonic() - started < 2.0
     changed = [{**result[0], "value": {"choices": ["neutral"]}}]
     assert label_studio.api("PATCH", f"/api/annotations/{annotation_id}", json={"result": changed}).status_code == 200
-    assert wait_for(lambda: backend_examples(backend, project).get(annotation_id, {}).get("result", [{}])[0]
+    assert wait_for(lambda: backend_examples(e2e_backend, project).get(annotation_id, {}).get("result", [{}])[0]
                     .get("value", {}).get("choices") == ["neutral"], timeout=5)
     assert label_studio.api("DELETE", f"/api/annotations/{annotation_id}").status_code == 204
-    assert wait_for(lambda: annotation_id not in backend_examples(backend, project), timeout=5)
+    assert wait_for(lambda: annotation_id not in backend_examples(e2e_backend, project), timeout=5)
 
 
-def test_start_training_resyncs(label_studio, backend) -> None:
+def test_start_training_resyncs(label_studio, e2e_backend) -> None:
     """Annotations made before the backend was connected never reached /webhook (as after an outage);
     Start Training makes the store match Label Studio."""
     cfg = config("sentiment")
@@ -191,17 +138,17 @@ def test_start_training_resyncs(label_studio, backend) -> None:
         response = label_studio.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})
         assert response.status_code == 201
         made.append(int(response.json()["id"]))
-    response = connect(label_studio, project, backend.url)
+    response = connect(label_studio, project, e2e_backend.url)
     assert response.status_code == 201
-    assert backend_examples(backend, project) == {}
+    assert backend_examples(e2e_backend, project) == {}
     trained = label_studio.api("POST", f"/api/ml/{response.json()['id']}/train", json={})
     assert trained.status_code in (200, 201), trained.text
-    examples = wait_for(lambda: backend_examples(backend, project) if len(backend_examples(backend, project)) == 3 else None, timeout=20)
+    examples = wait_for(lambda: backend_examples(e2e_backend, project) if len(backend_examples(e2e_backend, project)) == 3 else None, timeout=20)
     assert examples and sorted(examples) == sorted(made)
 
 
-def test_basic_auth_on_both_sides(label_studio, provider) -> None:
-    secured = start_backend(provider.base_url, BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="s3cret-pass")
+def test_basic_auth_on_both_sides(label_studio, e2e_provider) -> None:
+    secured = start_backend(e2e_provider.base_url, BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="s3cret-pass")
     try:
         cfg = config("sentiment")
         project = create_project(label_studio, "e2e auth", cfg)
@@ -220,12 +167,12 @@ def test_basic_auth_on_both_sides(label_studio, provider) -> None:
         cleanup(secured.data_dir)
 
 
-def test_large_retrieve_is_pushed_once_per_task(label_studio, backend) -> None:
+def test_large_retrieve_is_pushed_once_per_task(label_studio, e2e_backend) -> None:
     cfg = config("sentiment")
     project = create_project(label_studio, "e2e push", cfg)
     n = 150  # above PUSH_THRESHOLD (50)
     import_tasks(label_studio, project, [f"review number {i}" for i in range(n)])
-    assert connect(label_studio, project, backend.url).status_code == 201
+    assert connect(label_studio, project, e2e_backend.url).status_code == 201
     started = time.monotonic()
     assert retrieve_predictions(label_studio, project).status_code == 200
     blocked = time.monotonic() - started
@@ -249,7 +196,7 @@ def test_large_retrieve_is_pushed_once_per_task(label_studio, backend) -> None:
         if prediction.get("score") is not None:
             item["score"] = prediction["score"]
         assert not interface.validate_prediction(item, return_errors=True)
-    setup = httpx.post(f"{backend.url}/setup", json={"project": f"{project}.1", "schema": cfg}).json()
+    setup = httpx.post(f"{e2e_backend.url}/setup", json={"project": f"{project}.1", "schema": cfg}).json()
     assert versions == {setup["model_version"]}
     retrieve_predictions(label_studio, project)  # everything holds the current version: nothing new
     time.sleep(1.0)
