@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_
 LS_VERSION ?= 1.23.2
 LS_VENV    ?= $(HOME)/.cache/lsllm/ls-venv-$(LS_VERSION)
 
-.PHONY: install run test test-fast ls-venv browser bench clean
+.PHONY: install run test test-fast ls-venv tools bench clean
 
 install: $(VENV)/.installed
 
@@ -35,12 +35,14 @@ $(LS_VENV)/.installed:
 	$(LS_VENV)/bin/python -m pip install -q 'label-studio==$(LS_VERSION)'
 	touch $@
 
-# Debian's chromium for the UI test (as root; elsewhere install it yourself or the UI test skips)
-browser:
-	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium); } \
-		|| echo "chromium is not installed: the UI offset test will skip (outside CI)"
+# Debian's chromium (UI test) and docker-compose (to check docker-compose.yml; no engine is needed),
+# installed as root; elsewhere install them yourself or those tests skip (outside CI).
+tools:
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium docker-compose; } \
+		|| echo "chromium/docker-compose not installed: the UI and compose checks will skip (outside CI)"
 
-test: install ls-venv browser
+test: install ls-venv tools
 	LSLLM_LS_VENV=$(LS_VENV) $(BIN)/python -m pytest -q
 
 test-fast: install
