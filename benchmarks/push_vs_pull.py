@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from label_studio_sdk.label_interface import LabelInterface  # noqa: E402
 from labelstudio_harness import cleanup, start_backend, start_label_studio, stop  # noqa: E402
 from scripted_provider import Reply, ScriptedProvider  # noqa: E402
 
@@ -36,7 +37,21 @@ def run_one(ls, backend_url: str, n: int, title: str) -> tuple[float, float]:
         if int(body.get("total_predictions_number") or 0) >= n:
             break
         time.sleep(0.5)
-    return blocked, time.monotonic() - started
+    stored = time.monotonic() - started
+    # every task holds exactly one prediction, of one model_version, valid for the config
+    interface = LabelInterface(CONFIG)
+    body = ls.api("GET", "/api/tasks", params={"project": project, "fields": "all", "page_size": n + 10}).json()
+    tasks = body["tasks"] if isinstance(body, dict) else body
+    counts = [len(t["predictions"]) for t in tasks]
+    versions = {p["model_version"] for t in tasks for p in t["predictions"]}
+    invalid = sum(
+        1 for t in tasks for p in t["predictions"]
+        if interface.validate_prediction({"result": p["result"], "model_version": p["model_version"]}, return_errors=True)
+    )
+    assert len(tasks) == n and counts == [1] * n and len(versions) == 1 and invalid == 0, (
+        f"{len(tasks)} tasks, prediction counts {sorted(set(counts))}, versions {versions}, invalid {invalid}"
+    )
+    return blocked, stored
 
 
 def main() -> None:
