@@ -27,6 +27,7 @@ from backend.predictor import Predictor
 from backend.project_id import normalise_project_id
 from backend.project_store import ProjectStore
 from backend.push import PushDelivery
+from backend.response_cache import ResponseCache
 from backend.resync import make_resync
 from backend.selection import Selector
 from backend.settings import Settings
@@ -49,10 +50,11 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
             metrics.llm_tokens.labels("prompt").inc(answer.prompt_tokens)
             metrics.llm_tokens.labels("completion").inc(answer.completion_tokens)
 
-    llm = LLMClient(settings, base_url=llm_base_url, on_call=on_call)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    cache = ResponseCache(engine, settings.llm_cache_max_entries) if settings.llm_cache else None
+    llm = LLMClient(settings, base_url=llm_base_url, on_call=on_call, cache=cache)
     projects = ProjectStore(engine)
     examples = ExampleStore(engine)
     selector = Selector(

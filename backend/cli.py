@@ -100,6 +100,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.concurrency:
         settings = settings.model_copy(update={"llm_max_concurrency": args.concurrency})
+    if args.no_cache:
+        settings = settings.model_copy(update={"llm_cache": False})
     with provider(settings) as ready:
         model = build_model(ready)
         try:
@@ -178,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True, help="where to write the tasks with predictions")
     pred.add_argument("--extra", help="extra_params as JSON (instructions, label_descriptions, model)")
     pred.add_argument("--concurrency", type=int, help="override LLM_MAX_CONCURRENCY")
+    pred.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     pred.add_argument("--deadline", type=float, default=24 * 3600.0, help="seconds for the whole file")
     pred.set_defaults(func=cmd_predict)
     examples = sub.add_parser("examples", help="inspect the learned examples")

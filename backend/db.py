@@ -101,7 +101,16 @@ push_jobs = Table(
     Column("updated_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 3
+llm_cache = Table(
+    "llm_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("answer", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_llm_cache_created", "created_at"),
+)
+
+SCHEMA_VERSION = 4
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
@@ -180,10 +189,15 @@ def _migration_3(conn: Connection) -> None:
     """push_jobs (pushed delivery of large /predict batches): a new table, made by create_all."""
 
 
+def _migration_4(conn: Connection) -> None:
+    """llm_cache (the response cache): a new table, made by create_all."""
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]
 
 

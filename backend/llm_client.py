@@ -16,7 +16,9 @@ from typing import Any, Callable, Sequence
 
 import openai
 from openai import OpenAI
+from sqlalchemy.exc import SQLAlchemyError
 
+from backend.response_cache import ResponseCache, cache_key
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import Token
 
@@ -46,6 +48,7 @@ class LLMAnswer:
     completion_tokens: int = 0
     model: str = ""
     seconds: float = 0.0
+    cached: bool = False
 
 
 @dataclass
@@ -78,12 +81,14 @@ class LLMClient:
         settings: Settings,
         base_url: str | None = None,
         on_call: Callable[[str, LLMAnswer | None], None] | None = None,
+        cache: "ResponseCache | None" = None,
     ) -> None:
         self.settings = settings
         self.mode = settings.llm_response_format
         self.logprobs = settings.llm_logprobs
         self._lock = threading.Lock()
         self._on_call = on_call or (lambda outcome, answer: None)
+        self.cache = cache
         self._client = OpenAI(
             base_url=base_url or settings.llm_base_url,
             api_key=settings.api_key_value(),
@@ -101,7 +106,32 @@ class LLMClient:
     def complete(
         self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
     ) -> LLMAnswer:
-        """Run one completion; raise LLMError when it failed for good."""
+        """Run one completion (or take it from the response cache); raise LLMError when it failed."""
+        key = None
+        if self.cache is not None:
+            params = {"temperature": options.temperature, "max_tokens": options.max_tokens,
+                      "logprobs": self.logprobs, "top_logprobs": self.settings.llm_top_logprobs,
+                      "extra": options.extra}
+            key = cache_key(options.model, messages, schema, self.mode.value, params)
+            try:
+                hit = self.cache.get(key)
+            except SQLAlchemyError:
+                hit = None  # the store is down: call the provider
+            if hit is not None:
+                self._on_call("cache_hit", None)
+                return LLMAnswer(hit["content"], hit["tokens"], hit["prompt_tokens"], hit["completion_tokens"],
+                                 options.model, 0.0, cached=True)
+        answer = self._complete(messages, schema, options)
+        if key is not None and self.cache is not None:
+            try:
+                self.cache.put(key, answer.content, answer.tokens, answer.prompt_tokens, answer.completion_tokens)
+            except SQLAlchemyError:
+                log.warning("response cache unavailable: answer not cached")
+        return answer
+
+    def _complete(
+        self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
+    ) -> LLMAnswer:
         for _ in range(4):  # at most: schema step-down twice, logprobs off once, then the real call
             mode, logprobs = self.mode, self.logprobs
             try:

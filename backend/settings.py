@@ -46,6 +46,8 @@ class Settings(BaseSettings):
         default=ResponseFormat.json_schema, validation_alias="LLM_RESPONSE_FORMAT"
     )
     llm_logprobs: bool = Field(default=True, validation_alias="LLM_LOGPROBS")
+    llm_cache: bool = Field(default=True, validation_alias="LLM_CACHE")
+    llm_cache_max_entries: int = Field(default=100_000, ge=1, validation_alias="LLM_CACHE_MAX_ENTRIES")
     llm_top_logprobs: int = Field(default=10, ge=0, le=20, validation_alias="LLM_TOP_LOGPROBS")
 
     # --- embedded local model (used when LLM_BASE_URL is not set) -----------------------------

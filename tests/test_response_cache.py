@@ -1,0 +1,79 @@
+"""The response cache: an identical second run makes no LLM call; any change to the prompt misses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from backend.db import make_engine, migrate
+from backend.response_cache import ResponseCache, cache_key
+from conftest import ROOT, config, json_answer
+from scripted_provider import ScriptedProvider
+from webhook_payloads import annotation_event, choice
+
+SENT = config("sentiment")
+
+
+def predict(client, texts: list[str]) -> list:
+    tasks = [{"id": i, "data": {"text": t}} for i, t in enumerate(texts)]
+    body = {"tasks": tasks, "project": "7.1", "label_config": SENT}
+    return client.post("/predict", json=body).get_json()["results"]
+
+
+def test_second_identical_run_makes_no_llm_call(make_app, provider) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "positive"})
+    app = make_app(selection_refresh_seconds=0)
+    client = app.test_client()
+    texts = [f"text {i}" for i in range(20)]
+    first = predict(client, texts)
+    assert len(provider.requests) == 20
+    second = predict(client, texts)
+    assert len(provider.requests) == 20  # all cache hits
+    assert second == first
+    assert 'lsllm_llm_calls_total{outcome="cache_hit"} 20.0' in client.get("/metrics").get_data(as_text=True)
+    # a new reviewed example changes the rendered prompt: the cache misses naturally
+    client.post("/webhook", json=annotation_event("ANNOTATION_CREATED", SENT, 1, 1, "text 3 is bad", [choice("negative")], 1.0))
+    app.extensions["lsllm_model"].worker.drain()
+    predict(client, ["text 3"])
+    assert len(provider.requests) == 21
+
+
+def test_cache_can_be_turned_off(make_app, provider) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "positive"})
+    client = make_app(llm_cache=False).test_client()
+    predict(client, ["same"])
+    predict(client, ["same"])
+    assert len(provider.requests) == 2
+
+
+def test_no_cache_flag_of_lsllm_predict(tmp_path) -> None:
+    (tmp_path / "tasks.json").write_text(json.dumps([{"data": {"text": "hello"}}]))
+    with ScriptedProvider(lambda body: json_answer({"sentiment": "neutral"})) as provider:
+        env = {"PATH": "/usr/bin:/bin", "LLM_BASE_URL": provider.base_url, "DATA_DIR": str(tmp_path / "d")}
+        command = [sys.executable, "-m", "backend.cli", "predict", "--config", str(ROOT / "examples/configs/sentiment.xml"),
+                   "--tasks", str(tmp_path / "tasks.json"), "--out", str(tmp_path / "out.json")]
+        for extra in ([], [], ["--no-cache"]):
+            run = subprocess.run(command + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+        assert len(provider.requests) == 2  # first run, then a hit, then --no-cache calls again
+
+
+def test_cache_key_covers_everything_and_size_is_bounded(tmp_path) -> None:
+    base = ("m", [{"role": "user", "content": "x"}], {"type": "object"}, "json_schema", {"temperature": 0})
+    variants = [
+        ("m2", *base[1:]),
+        (base[0], [{"role": "user", "content": "y"}], *base[2:]),
+        (*base[:2], {"type": "array"}, *base[3:]),
+        (*base[:3], "json_object", base[4]),
+        (*base[:4], {"temperature": 0.7}),
+    ]
+    keys = {cache_key(*base)} | {cache_key(*v) for v in variants}
+    assert len(keys) == 6
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    migrate(engine)
+    cache = ResponseCache(engine, max_entries=10)
+    for i in range(25):
+        cache.put(f"k{i:02d}", f"answer {i}", None, 1, 1)
+    assert cache.trim() == 15
+    assert cache.get("k00") is None and cache.get("k24")["content"] == "answer 24"
