@@ -175,25 +175,10 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
             raise _BadRequest("'label_config' must be a string")
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         try:
-            plan = model.plan_for(body.get("project"), label_config)
+            items, version = model.predict(tasks, params.get("context"), body.get("project"), label_config)
         except (UnsupportedConfig, ValueError) as exc:
             return _error(400, str(exc))
-        project_id = model.project_key(body.get("project"))
-        try:
-            version = model.version_for(plan, project_id)
-        except SQLAlchemyError:
-            version = model.version_for(plan)  # the store is down: predict zero-shot rather than fail
-            project_id = None
-        try:
-            pushed = model.try_push(plan, project_id, version, tasks)
-        except SQLAlchemyError:
-            pushed = False  # the store is down: answer synchronously instead
-        if pushed:
-            # stored by the push; [] per task makes Label Studio store nothing now (measured)
-            return jsonify({"results": [[] for _ in tasks], "model_version": version})
-        results = model.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
-        del params  # interactive context is not used for text yet
-        return jsonify({"results": [r.item for r in results], "model_version": version})
+        return jsonify({"results": items, "model_version": version})
 
     @app.post("/webhook")
     def webhook() -> Any:

@@ -10,6 +10,8 @@ import logging
 import re
 from typing import Any, Mapping, Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from backend.example_store import ExampleStore
 from backend.learning import EventWorker
 from backend.metrics import Metrics
@@ -98,13 +100,27 @@ class LLMBackendModel:
         context: Mapping[str, Any] | None = None,
         project: Any = None,
         label_config: str | None = None,
-    ) -> list[Any]:
-        """One item per task, in order: a prediction dict, or [] for a task to be asked again later."""
+    ) -> tuple[list[Any], str]:
+        """(one item per task in order, model_version). An item is a prediction dict, or [] for a task
+        Label Studio should ask for again (failed, or delivered later by the push path).
+
+        Raises UnsupportedConfig/ValueError for a config that cannot be predicted. `context` (the
+        interactive annotator's partial result) is not used for text yet."""
         plan = self.plan_for(project, label_config)
         project_id = self.project_key(project)
-        version = self.version_for(plan, project_id)
+        try:
+            version = self.version_for(plan, project_id)
+        except SQLAlchemyError:  # the store is down: predict zero-shot rather than fail
+            version, project_id = self.version_for(plan), None
+        try:
+            pushed = self.try_push(plan, project_id, version, tasks)
+        except SQLAlchemyError:  # the store is down: answer synchronously instead
+            pushed = False
+        if pushed:
+            # stored by the push; [] per task makes Label Studio store nothing now (measured)
+            return [[] for _ in tasks], version
         results = self.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
-        return [r.item for r in results]
+        return [r.item for r in results], version
 
     def try_push(
         self, plan: ProjectPlan, project_id: str | None, version: str, tasks: Sequence[Any]

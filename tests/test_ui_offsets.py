@@ -42,8 +42,8 @@ def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI") == "true":
-            pytest.fail("chromium is required in CI (make browser)")
-        pytest.skip("Debian's chromium is not installed (make browser)")
+            pytest.fail("chromium is required in CI (make tools)")
+        pytest.skip("Debian's chromium is not installed (make tools)")
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
