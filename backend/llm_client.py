@@ -1,14 +1,19 @@
 """One chat completion through the `openai` SDK against any OpenAI-compatible server.
 
-Retries with backoff on 429/5xx/timeouts (honouring Retry-After) are the SDK's own (`max_retries`);
-400/401/403/404 are not retried and surface as LLMError with a kind the caller can count. When a server
-rejects the structured-output form or logprobs, the client steps down once (json_schema ->
-json_object -> text; logprobs off) and remembers it, logging one line.
+Retries are ours, not the SDK's (`max_retries=0`): every attempt holds a slot of an AdaptiveLimiter,
+so a 429 lowers the number of calls in flight for the whole process while the refused call waits as
+Retry-After asks (the SDK's own retries would hide the 429s and keep hammering at the same
+concurrency). 429s are retried up to LLM_RATE_LIMIT_RETRIES times (a refused call cost nothing);
+5xx, timeouts and connection errors LLM_MAX_RETRIES times with exponential backoff; 400/401/403/404
+fail at once as an LLMError with a kind the caller can count. When a server rejects the
+structured-output form or logprobs, the client steps down once (json_schema -> json_object -> text;
+logprobs off) and remembers it, logging one line.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ import openai
 from openai import OpenAI
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.limiter import AdaptiveLimiter
 from backend.response_cache import ResponseCache, cache_key
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import Token
@@ -56,7 +62,8 @@ class CallOptions:
     model: str
     temperature: float = 0.0
     max_tokens: int = 1024
-    timeout: float | None = None
+    timeout: float | None = None  # seconds per attempt (default LLM_TIMEOUT)
+    deadline: float | None = None  # time.monotonic() after which no attempt starts
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,11 +96,12 @@ class LLMClient:
         self._lock = threading.Lock()
         self._on_call = on_call or (lambda outcome, answer: None)
         self.cache = cache
+        self.limiter = AdaptiveLimiter(settings.llm_max_concurrency)
         self._client = OpenAI(
             base_url=base_url or settings.llm_base_url,
             api_key=settings.api_key_value(),
             timeout=settings.llm_timeout,
-            max_retries=settings.llm_max_retries,
+            max_retries=0,  # retried below, through the limiter
         )
 
     @property
@@ -132,21 +140,59 @@ class LLMClient:
     def _complete(
         self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
     ) -> LLMAnswer:
-        for _ in range(4):  # at most: schema step-down twice, logprobs off once, then the real call
+        errors = throttles = step_downs = 0
+        while True:
             mode, logprobs = self.mode, self.logprobs
+            remaining = None if options.deadline is None else options.deadline - time.monotonic()
+            if remaining is not None and remaining <= 0.05:
+                raise LLMError("timeout", "the deadline passed before the LLM call")
+            if not self.limiter.acquire(timeout=remaining):
+                self._on_call("timeout", None)
+                raise LLMError("timeout", "no free provider slot before the deadline")
+            timeout = min(x for x in (options.timeout, remaining, self.settings.llm_timeout) if x is not None)
             try:
-                return self._call(messages, schema, options, mode, logprobs)
+                answer = self._call(messages, schema, options, mode, logprobs, timeout)
+            except openai.RateLimitError as exc:
+                retry_after = _retry_after(exc)
+                self.limiter.throttled(retry_after)
+                self._on_call("throttled", None)
+                if throttles >= self.settings.llm_rate_limit_retries:
+                    raise self._fail(exc) from None
+                throttles += 1
+                self._sleep(retry_after if retry_after is not None else _backoff(throttles), options.deadline)
+                continue
             except openai.APIStatusError as exc:
-                if exc.status_code in (400, 422, 500) and self._step_down(exc, mode, logprobs):
+                self.limiter.failed()
+                if exc.status_code in (400, 422, 500) and step_downs < 3 and self._step_down(exc, mode, logprobs):
+                    step_downs += 1
+                    continue
+                if _retryable(exc.status_code) and errors < self.settings.llm_max_retries:
+                    errors += 1
+                    self._sleep(_retry_after(exc) or _backoff(errors), options.deadline)
                     continue
                 raise self._fail(exc) from None
-            except openai.APITimeoutError:
-                self._on_call("timeout", None)
-                raise LLMError("timeout", "the LLM call timed out") from None
-            except openai.APIConnectionError as exc:
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                self.limiter.failed()
+                if errors < self.settings.llm_max_retries:
+                    errors += 1
+                    self._sleep(_backoff(errors), options.deadline)
+                    continue
+                if isinstance(exc, openai.APITimeoutError):
+                    self._on_call("timeout", None)
+                    raise LLMError("timeout", "the LLM call timed out") from None
                 self._on_call("connection", None)
                 raise LLMError("connection", f"cannot reach the LLM server: {type(exc).__name__}") from None
-        raise LLMError("bad_request", "the server refused every structured-output form")
+            except BaseException:
+                self.limiter.failed()
+                raise
+            self.limiter.succeeded()
+            return answer
+
+    @staticmethod
+    def _sleep(seconds: float, deadline: float | None) -> None:
+        if deadline is not None:
+            seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+        time.sleep(max(0.0, seconds))
 
     def _step_down(self, exc: openai.APIStatusError, mode: ResponseFormat, logprobs: bool) -> bool:
         with self._lock:
@@ -190,6 +236,7 @@ class LLMClient:
         options: CallOptions,
         mode: ResponseFormat,
         logprobs: bool,
+        timeout: float,
     ) -> LLMAnswer:
         kwargs: dict[str, Any] = {
             "model": options.model,
@@ -205,9 +252,8 @@ class LLMClient:
             kwargs["top_logprobs"] = self.settings.llm_top_logprobs
         if options.extra:
             kwargs["extra_body"] = options.extra
-        client = self._client if options.timeout is None else self._client.with_options(timeout=options.timeout)
         started = time.perf_counter()
-        completion = client.chat.completions.create(**kwargs)
+        completion = self._client.chat.completions.create(**kwargs, timeout=timeout)
         seconds = time.perf_counter() - started
         if not completion.choices:
             self._on_call("empty", None)
@@ -234,6 +280,31 @@ class LLMClient:
         )
         self._on_call("ok", answer)
         return answer
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 409) or status >= 500
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry `attempt` (1, 2, ...): 0.5 s doubling up to 8 s, with jitter."""
+    return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """The provider's Retry-After (OpenAI also sends retry-after-ms), when it is a number of seconds."""
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if 0 <= seconds <= 120:
+            return seconds
+    return None
 
 
 def _short(exc: Exception, limit: int = 300) -> str:

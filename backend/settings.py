@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     llm_max_concurrency: int = Field(default=8, ge=1, le=512, validation_alias="LLM_MAX_CONCURRENCY")
     llm_timeout: float = Field(default=30.0, gt=0, validation_alias="LLM_TIMEOUT")
     llm_max_retries: int = Field(default=3, ge=0, le=20, validation_alias="LLM_MAX_RETRIES")
+    llm_rate_limit_retries: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        validation_alias="LLM_RATE_LIMIT_RETRIES",
+        description="429s one call may meet before it fails (each also lowers the concurrency limit)",
+    )
     llm_temperature: float = Field(default=0.0, ge=0, le=2, validation_alias="LLM_TEMPERATURE")
     llm_max_tokens: int = Field(default=1024, ge=16, validation_alias="LLM_MAX_TOKENS")
     llm_response_format: ResponseFormat = Field(
@@ -49,6 +56,12 @@ class Settings(BaseSettings):
     llm_cache: bool = Field(default=True, validation_alias="LLM_CACHE")
     llm_cache_max_entries: int = Field(default=100_000, ge=1, validation_alias="LLM_CACHE_MAX_ENTRIES")
     llm_top_logprobs: int = Field(default=10, ge=0, le=20, validation_alias="LLM_TOP_LOGPROBS")
+    llm_prices: str | None = Field(
+        default=None,
+        validation_alias="LLM_PRICES",
+        description='JSON {"model": [input, output]} in USD per million tokens, or a path to such a file; '
+        "merged over the built-in table (backend/pricing.py)",
+    )
 
     # --- embedded local model (used when LLM_BASE_URL is not set) -----------------------------
     local_model_path: Path | None = Field(default=None, validation_alias="LOCAL_MODEL_PATH")

@@ -1,0 +1,82 @@
+"""The adaptive concurrency limit: alone, and through the LLM client against a provider that answers
+429 past a hard cap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from backend.limiter import AdaptiveLimiter
+from backend.llm_client import CallOptions, LLMClient
+from conftest import make_settings
+from scripted_provider import Reply, ScriptedProvider
+
+SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
+
+
+def test_throttle_drops_below_what_was_in_flight_and_successes_win_it_back() -> None:
+    limiter = AdaptiveLimiter(10)
+    for _ in range(8):
+        assert limiter.acquire(timeout=0)
+    limiter.throttled()  # 8 were in flight: the provider's cap is below 8
+    assert limiter.limit == 7 and limiter.in_flight == 7
+    for _ in range(7):
+        limiter.succeeded()
+    assert limiter.limit == 8  # one window of successes: +1
+    assert limiter.in_flight == 0
+
+
+def test_acquire_blocks_at_the_limit_and_times_out() -> None:
+    limiter = AdaptiveLimiter(2)
+    assert limiter.acquire(timeout=0) and limiter.acquire(timeout=0)
+    started = time.monotonic()
+    assert not limiter.acquire(timeout=0.2)
+    assert time.monotonic() - started >= 0.19
+    threading.Timer(0.1, limiter.succeeded).start()
+    assert limiter.acquire(timeout=2)
+
+
+def test_long_retry_after_pauses_new_calls() -> None:
+    limiter = AdaptiveLimiter(4)
+    limiter.acquire()
+    limiter.throttled(retry_after=1.5)
+    assert limiter.limit == 1  # never below the minimum
+    started = time.monotonic()
+    assert limiter.acquire(timeout=3)
+    assert time.monotonic() - started >= 1.4
+
+
+def test_limit_never_exceeds_maximum_or_falls_below_minimum() -> None:
+    limiter = AdaptiveLimiter(3, minimum=2)
+    for _ in range(50):
+        limiter.acquire()
+        limiter.succeeded()
+    assert limiter.limit == 3
+    limiter.acquire()
+    limiter.throttled()
+    assert limiter.limit == 2
+    with pytest.raises(ValueError):
+        AdaptiveLimiter(2, minimum=3)
+
+
+def test_client_settles_under_the_provider_cap_and_loses_no_call(tmp_path) -> None:
+    """16 threads against a provider that takes 4 at a time: every call succeeds, the 429s are few
+    (the limit settles near the cap instead of retrying blindly) and the limit ends near 4."""
+    with ScriptedProvider(lambda body: Reply(content='{"x": "ok"}'), latency=0.05, max_concurrency=4,
+                          retry_after=0.02) as provider:
+        settings = make_settings(tmp_path, provider.base_url, llm_max_concurrency=16)
+        llm = LLMClient(settings)
+        outcomes: list[str] = []
+        llm._on_call = lambda outcome, answer: outcomes.append(outcome)
+        messages = [[{"role": "user", "content": f"task {i}"}] for i in range(200)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda m: llm.complete(m, SCHEMA, CallOptions(model="m")), messages))
+        assert [a.content for a in answers] == ['{"x": "ok"}'] * 200
+        accepted = len(provider.requests) - provider.rejected_429
+        assert accepted == 200  # each call reached the model exactly once
+        assert provider.rejected_429 == outcomes.count("throttled") > 0
+        assert provider.rejected_429 < 60, provider.rejected_429
+        assert 3 <= llm.limiter.limit <= 6 and llm.limiter.in_flight == 0
