@@ -1,4 +1,5 @@
-"""`lsllm`: serve (gunicorn), predict (files).
+"""`lsllm`: serve (gunicorn), predict (files), prelabel (a Label Studio project), plan (cost before a run),
+examples (export).
 
 Settings are read from the environment once, here, and passed down.
 """
@@ -84,20 +85,34 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.app import build_model
-
-    config = Path(args.config).read_text(encoding="utf-8")
+def _read_config_and_tasks(args: argparse.Namespace, command: str) -> tuple[str, list[dict[str, Any]]] | int:
+    """(label config, tasks each with a "data" object) from --config/--tasks, or exit code 2 after one
+    line saying which file is wrong."""
+    try:
+        config = Path(args.config).read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"lsllm {command}: cannot read the label config {args.config}: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         tasks = json.loads(Path(args.tasks).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"lsllm predict: cannot read tasks from {args.tasks}: {exc}", file=sys.stderr)
+        print(f"lsllm {command}: cannot read tasks from {args.tasks}: {exc}", file=sys.stderr)
         return 2
     if isinstance(tasks, dict):
         tasks = [tasks]
     if not isinstance(tasks, list):
-        print("lsllm predict: the tasks file must hold a JSON list of Label Studio tasks", file=sys.stderr)
+        print(f"lsllm {command}: the tasks file must hold a JSON list of Label Studio tasks", file=sys.stderr)
         return 2
+    return config, [t if isinstance(t, dict) and "data" in t else {"data": t} for t in tasks]
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.app import build_model
+
+    files = _read_config_and_tasks(args, "predict")
+    if isinstance(files, int):
+        return files
+    config, wrapped = files
     if args.concurrency:
         settings = settings.model_copy(update={"llm_max_concurrency": args.concurrency})
     if args.no_cache:
@@ -110,7 +125,6 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             print(f"lsllm predict: {exc}", file=sys.stderr)
             return 2
         version = model.version_for(plan)
-        wrapped = [t if isinstance(t, dict) and "data" in t else {"data": t} for t in tasks]
         results = model.predictor.predict_tasks(plan, wrapped, version, deadline_seconds=args.deadline)
         failed = 0
         out = []
@@ -125,6 +139,138 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         model.predictor.close()
     print(f"lsllm predict: {len(out) - failed} predicted, {failed} failed -> {args.out}", file=sys.stderr)
     return 0 if failed == 0 else 1
+
+
+def _open_project(args: argparse.Namespace, settings: Settings, command: str) -> tuple[Any, dict[str, Any]] | int:
+    """(client, project) from --url/--api-key/--project (or LABEL_STUDIO_URL/_API_KEY), or exit code 2
+    after one line saying what is wrong. Runs before any LLM call."""
+    from backend.ls_api import LabelStudioAccessError, open_project
+
+    url = args.url or settings.label_studio_url
+    key = args.api_key or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
+    if not url or not key:
+        print(f"lsllm {command}: give --url and --api-key (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)",
+              file=sys.stderr)
+        return 2
+    try:
+        return open_project(url, key, args.project)
+    except LabelStudioAccessError as exc:
+        print(f"lsllm {command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _prices(settings: Settings, command: str) -> Any:
+    from backend.pricing import PriceTable
+
+    try:
+        return PriceTable.from_setting(settings.llm_prices)
+    except ValueError as exc:
+        print(f"lsllm {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from backend.app import build_model
+    from backend.ls_api import import_predictions, iter_task_pages
+    from backend.prelabel import PrelabelOptions, Prelabeler
+
+    opened = _open_project(args, settings, "prelabel")
+    if isinstance(opened, int):
+        return opened
+    client, project = opened
+    prices = _prices(settings, "prelabel")
+    if prices is None:
+        return 2
+    update: dict[str, Any] = {"llm_max_concurrency": args.concurrency or settings.llm_max_concurrency}
+    if args.no_cache:
+        update["llm_cache"] = False
+    settings = settings.model_copy(update=update)
+    project_id = str(project["id"])
+    with provider(settings) as ready:
+        model = build_model(ready)
+        try:
+            try:
+                plan = model.predictor.plan(project["label_config"], project.get("extra_params") or None)
+            except ValueError as exc:
+                print(f"lsllm prelabel: project {project_id}: {exc}", file=sys.stderr)
+                return 2
+            version = model.version_for(plan, project_id)
+            pages = iter_task_pages(client, int(project_id), args.page_size, view=args.view)
+            first_total, first = next(pages)
+            total = min(first_total, args.limit) if args.limit else first_total
+
+            def tasks() -> Iterator[dict[str, Any]]:
+                yield from first
+                for _total, page in pages:
+                    yield from page
+
+            bar = tqdm(total=total, unit="task", dynamic_ncols=True, file=sys.stderr,
+                       disable=True if args.no_progress else None, mininterval=0.5)
+            options = PrelabelOptions(limit=args.limit, in_flight=ready.llm_max_concurrency * 2,
+                                      max_consecutive_failures=args.max_failures)
+            runner = Prelabeler(model.predictor, plan, version, project_id,
+                                lambda items: import_predictions(client, int(project_id), items),
+                                prices, options, bar)
+            print(f"lsllm prelabel: project {project_id} ({first_total} tasks), model_version {version}, "
+                  f"concurrency up to {ready.llm_max_concurrency}", file=sys.stderr)
+            stats = runner.run(tasks())
+            bar.close()
+        finally:
+            model.predictor.close()
+    print("lsllm prelabel: " + stats.summary(), file=sys.stderr)
+    return stats.exit_code()
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    import random
+
+    from backend.app import build_model
+    from backend.ls_api import iter_task_pages
+    from backend.planning import estimate
+
+    prices = _prices(settings, "plan")
+    if prices is None:
+        return 2
+    project_id = None
+    extra: Any = json.loads(args.extra) if args.extra else None
+    if args.project is not None:
+        opened = _open_project(args, settings, "plan")
+        if isinstance(opened, int):
+            return opened
+        client, project = opened
+        project_id = str(project["id"])
+        config = project["label_config"]
+        extra = project.get("extra_params") or extra
+        total, sample = next(iter_task_pages(client, int(project_id), max(1, args.sample)))
+    elif args.config and args.tasks:
+        files = _read_config_and_tasks(args, "plan")
+        if isinstance(files, int):
+            return files
+        config, tasks = files
+        total = len(tasks)
+        sample = random.Random(0).sample(tasks, min(args.sample, len(tasks)))
+    else:
+        print("lsllm plan: give --project (with --url/--api-key) or --config and --tasks", file=sys.stderr)
+        return 2
+    concurrency = args.concurrency or settings.llm_max_concurrency
+    settings = settings.model_copy(update={"llm_max_concurrency": concurrency})
+    with provider(settings) as ready:
+        model = build_model(ready)
+        try:
+            try:
+                plan = model.predictor.plan(config, extra)
+                result = estimate(model.predictor, plan, sample, total, prices, calls=args.calls,
+                                  concurrency=concurrency, project_id=project_id,
+                                  model_version=model.version_for(plan, project_id))
+            except ValueError as exc:
+                print(f"lsllm plan: {exc}", file=sys.stderr)
+                return 2
+        finally:
+            model.predictor.close()
+    print(result.table())
+    return 0
 
 
 def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,6 +311,12 @@ def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _project_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--url", help="Label Studio URL (default LABEL_STUDIO_URL)")
+    p.add_argument("--api-key", help="Label Studio access token (default LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", type=int, required=required, help="Label Studio project id")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsllm", description="LLM pre-annotation backend for Label Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,6 +335,27 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     pred.add_argument("--deadline", type=float, default=24 * 3600.0, help="seconds for the whole file")
     pred.set_defaults(func=cmd_predict)
+    pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and push the predictions")
+    _project_args(pre)
+    pre.add_argument("--view", type=int, help="only the tasks of this Data Manager view (tab id)")
+    pre.add_argument("--limit", type=int, help="predict at most this many tasks in this run")
+    pre.add_argument("--concurrency", type=int, help="most LLM calls at once (default LLM_MAX_CONCURRENCY); "
+                     "fewer while the provider answers 429")
+    pre.add_argument("--max-failures", type=int, default=20, help="stop after this many provider failures in a row")
+    pre.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    pre.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
+    pre.set_defaults(func=cmd_prelabel)
+    plan = sub.add_parser("plan", help="estimate tokens, cost and time of a run before starting it")
+    _project_args(plan, required=False)
+    plan.add_argument("--config", help="label config XML file (with --tasks, instead of --project)")
+    plan.add_argument("--tasks", help="JSON list of Label Studio tasks (with --config)")
+    plan.add_argument("--extra", help="extra_params as JSON (with --config)")
+    plan.add_argument("--sample", type=int, default=50, help="tasks whose prompts are rendered and measured")
+    plan.add_argument("--calls", type=int, default=3, help="real provider calls to measure tokens and latency "
+                      "(cached, so the run does not pay again); 0 for none")
+    plan.add_argument("--concurrency", type=int, help="calls at once for the time estimate")
+    plan.set_defaults(func=cmd_plan)
     examples = sub.add_parser("examples", help="inspect the learned examples")
     examples_sub = examples.add_subparsers(dest="examples_command", required=True)
     export = examples_sub.add_parser("export", help="write a project's examples as Label Studio tasks")

@@ -49,6 +49,8 @@ class ProjectPlan:
 class TaskResult:
     item: Any  # a prediction dict, or [] when the task should be asked again later
     error: str | None = None
+    reason: str = "ok"  # the outcome counted in lsllm_tasks: ok, bad_task, deadline, llm_<kind>, unparsable
+    cached: bool = False  # answered from the response cache: no provider call
     prompt_tokens: int = 0
     completion_tokens: int = 0
     messages: list[dict[str, str]] = field(default_factory=list)
@@ -138,13 +140,13 @@ class Predictor:
         except ValueError as exc:
             self.metrics.tasks.labels("bad_task").inc()
             log.warning("task %s: %s", task_id, exc)
-            return TaskResult([], error=str(exc))
+            return TaskResult([], error=str(exc), reason="bad_task")
         timeout = self.settings.llm_timeout
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
             if timeout <= 0.2:
                 self.metrics.tasks.labels("deadline").inc()
-                return TaskResult([], error="deadline reached before the LLM call")
+                return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         messages = self.messages(plan, texts, project_id)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("task %s prompt: %s", task_id, json.dumps(messages, ensure_ascii=False))
@@ -153,19 +155,22 @@ class Predictor:
             temperature=plan.temperature,
             max_tokens=self.settings.llm_max_tokens,
             timeout=timeout,
+            deadline=deadline,
         )
         try:
             answer = self.llm.complete(messages, plan.schema, options)
         except LLMError as exc:
             self.metrics.tasks.labels(f"llm_{exc.kind}").inc()
             log.warning("task %s: %s", task_id, exc)
-            return TaskResult([], error=str(exc), messages=messages)
+            return TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
         try:
             parsed = parse_answer(answer.content)
         except UnparsableAnswer as exc:
             self.metrics.tasks.labels("unparsable").inc()
             log.warning("task %s: %s", task_id, exc)
-            return TaskResult([], error=str(exc), messages=messages)
+            return TaskResult([], error=str(exc), reason="unparsable", messages=messages,
+                              prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                              cached=answer.cached)
         probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
         prediction = answer_to_prediction(plan.spec, task["data"], parsed, probs)
         for reason, count in prediction.dropped.items():
@@ -177,6 +182,7 @@ class Predictor:
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             messages=messages,
+            cached=answer.cached,
         )
 
     def _validated(
@@ -198,21 +204,25 @@ class Predictor:
         item["result"] = kept
         return item
 
+    def submit(
+        self, plan: ProjectPlan, task: Mapping[str, Any], model_version: str, project_id: str | None = None
+    ) -> "Future[TaskResult]":
+        """predict_task on the shared pool, with no deadline."""
+        return self._pool.submit(self.predict_task, plan, task, model_version, None, project_id)
+
     # --- a stream ------------------------------------------------------------------------------
     def predict_stream(
         self, plan: ProjectPlan, tasks: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
     ) -> Iterator[tuple[Mapping[str, Any], TaskResult]]:
         """(task, result) pairs as they finish, all tasks in flight on the shared pool (no deadline)."""
-        futures = {
-            self._pool.submit(self.predict_task, plan, task, model_version, None, project_id): task for task in tasks
-        }
+        futures = {self.submit(plan, task, model_version, project_id): task for task in tasks}
         for future in as_completed(futures):
             task = futures[future]
             try:
                 yield task, future.result()
             except Exception as exc:  # noqa: BLE001 - one task's bug must not end the stream
                 log.error("task %s failed unexpectedly: %r", task.get("id"), exc)
-                yield task, TaskResult([], error="internal error")
+                yield task, TaskResult([], error="internal error", reason="error")
 
     # --- a batch -------------------------------------------------------------------------------
     def predict_tasks(
@@ -229,7 +239,7 @@ class Predictor:
         for task in tasks:
             if not isinstance(task, Mapping):
                 self.metrics.tasks.labels("bad_task").inc()
-                futures.append(TaskResult([], error="task is not an object"))
+                futures.append(TaskResult([], error="task is not an object", reason="bad_task"))
                 continue
             futures.append(
                 self._pool.submit(self.predict_task, plan, task, model_version, deadline, project_id)
@@ -246,9 +256,9 @@ class Predictor:
                 if not future.done():
                     future.cancel()
                     self.metrics.tasks.labels("deadline").inc()
-                    results.append(TaskResult([], error="deadline reached"))
+                    results.append(TaskResult([], error="deadline reached", reason="deadline"))
                 else:
                     log.error("task failed unexpectedly: %r", future.exception())
                     self.metrics.tasks.labels("error").inc()
-                    results.append(TaskResult([], error="internal error"))
+                    results.append(TaskResult([], error="internal error", reason="error"))
         return results

@@ -14,18 +14,17 @@ prediction or push failed loses its claim, so the next "Retrieve predictions" as
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
-from label_studio_sdk import LabelStudio
-from label_studio_sdk.types import PredictionRequest
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
 
+from backend.batch_push import BatchPusher
 from backend.db import insert_ignore, push_jobs, write
+from backend.ls_api import client_for, import_predictions
 from backend.metrics import Metrics
 from backend.predictor import Predictor, ProjectPlan
 
@@ -37,8 +36,7 @@ Sender = Callable[[str, str, str, list[dict[str, Any]]], None]
 
 def sdk_sender(url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> None:
     """Push predictions with label-studio-sdk's import_predictions."""
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=60)
-    client.projects.import_predictions(id=int(project_id), request=[PredictionRequest(**item) for item in items])
+    import_predictions(client_for(url, token), int(project_id), items)
 
 
 class PushDelivery:
@@ -62,14 +60,11 @@ class PushDelivery:
         self.retries = retries
         self.max_push = max_push
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-predict")
-        # pushes run beside the predictions of the next batch, so neither waits for the other
-        self._senders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push-send")
         self.undelivered: list[int] = []  # task ids given up on in this process, for reports
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def claim(self, project_id: str, version: str, task_ids: Sequence[int]) -> set[int]:
         """Task ids this call now owns; ids queued or pushed for this version elsewhere are skipped,
@@ -133,10 +128,15 @@ class PushDelivery:
     def _run(
         self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str
     ) -> None:
-        """Predict batch after batch; a sender thread pushes whatever is ready in one call, so while a
-        push is in flight the next results gather (Label Studio's cost is per call, not per item)."""
-        ready: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
-        sender = self._senders.submit(self._send_ready, ready, url, token, project_id, version)
+        """Predict batch after batch; the pusher sends whatever is ready in one call, so while a push is
+        in flight the next results gather."""
+        began = time.perf_counter()
+
+        def delivered(items: list[dict[str, Any]], ok: bool) -> None:
+            self._delivered(project_id, version, items, ok, began)
+
+        pusher = BatchPusher(lambda items: self.sender(url, token, project_id, items), delivered,
+                             max_batch=self.max_push, retries=self.retries)
         items: list[dict[str, Any]] = []
         try:
             for task, result in self.predictor.predict_stream(plan, tasks, version, project_id):
@@ -146,39 +146,19 @@ class PushDelivery:
                 items.append({"task": int(task["id"]), "result": result.item["result"],
                               "score": result.item.get("score"), "model_version": version})
                 if len(items) >= self.batch_size:
-                    ready.put(items)
+                    pusher.put(items)
                     items = []
         except Exception:  # noqa: BLE001 - never lose the claims silently
             log.exception("push: predictions stopped")
         finally:
-            if items:
-                ready.put(items)
-            ready.put(None)
-            sender.result()
+            pusher.put(items)
+            pusher.close()
 
-    def _send_ready(
-        self, ready: "queue.Queue[list[dict[str, Any]] | None]", url: str, token: str, project_id: str, version: str
+    def _delivered(
+        self, project_id: str, version: str, items: list[dict[str, Any]], ok: bool, began: float
     ) -> None:
-        finished = False
-        while not finished:
-            items = ready.get()
-            if items is None:
-                return
-            while len(items) < self.max_push:
-                try:
-                    more = ready.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    finished = True
-                    break
-                items.extend(more)
-            self._deliver(url, token, project_id, version, items)
-
-    def _deliver(self, url: str, token: str, project_id: str, version: str, items: list[dict[str, Any]]) -> None:
-        began = time.perf_counter()
-        if self._push(url, token, project_id, items):
-            log.info("push: %d predictions delivered in %.2f s", len(items), time.perf_counter() - began)
+        if ok:
+            log.info("push: %d predictions delivered, %.2f s into the run", len(items), time.perf_counter() - began)
             self._mark_pushed(project_id, version, [i["task"] for i in items])
             self.metrics.tasks.labels("pushed").inc(len(items))
             return
@@ -189,13 +169,3 @@ class PushDelivery:
         self.metrics.tasks.labels("push_failed").inc(len(items))
         log.error("push: %d predictions for project %s could not be delivered; they will be "
                   "predicted again on the next Retrieve predictions", len(items), project_id)
-
-    def _push(self, url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> bool:
-        for attempt in range(self.retries + 1):
-            try:
-                self.sender(url, token, project_id, items)
-                return True
-            except Exception as exc:  # noqa: BLE001 - any transport or API error: retry, then report
-                log.warning("push to Label Studio failed (attempt %d): %s", attempt + 1, type(exc).__name__)
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-        return False

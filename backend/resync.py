@@ -1,18 +1,15 @@
 """START_TRAINING: read every annotation of a project back from Label Studio with label-studio-sdk.
 
 Credentials: LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY when set, otherwise the hostname and access token
-Label Studio sent to /setup for this project. Pages are walked by the `total` of the first page, since
-the open-source server answers a page past the end with 404.
+Label Studio sent to /setup for this project.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
+from backend.ls_api import as_dict, client_for, iter_task_pages
 from backend.project_store import ProjectStore
 from backend.settings import Settings
 from backend.webhook import BadEvent, parse_annotation
@@ -22,13 +19,6 @@ log = logging.getLogger(__name__)
 
 class ResyncError(RuntimeError):
     pass
-
-
-def _to_dict(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, dict):
-        return obj
-    dump = getattr(obj, "model_dump", None) or getattr(obj, "dict", None)
-    return dict(dump()) if dump else dict(obj)
 
 
 def credentials(settings: Settings, projects: ProjectStore, project_id: str) -> tuple[str, str]:
@@ -47,25 +37,17 @@ def fetch_project_annotations(
     url: str, token: str, project_id: str, page_size: int = 100, timeout: float = 30.0
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Every task of the project with its annotations, normalised like webhook annotations."""
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=timeout)
+    client = client_for(url, token, timeout)
     out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-    page, pages = 1, 1
-    while page <= pages:
-        pager = client.tasks.list(project=int(project_id), fields="all", page=page, page_size=page_size)
-        response = pager.response
-        if page == 1:
-            pages = max(1, math.ceil(int(getattr(response, "total", 0) or 0) / page_size))
-        for raw_task in pager.items or []:
-            task = _to_dict(raw_task)
-            data = task.get("data") or {}
+    for _total, tasks in iter_task_pages(client, int(project_id), page_size):
+        for task in tasks:
             annotations = []
             for raw in task.get("annotations") or []:
                 try:
-                    annotations.append(parse_annotation(_to_dict(raw), int(task["id"])))
+                    annotations.append(parse_annotation(as_dict(raw), int(task["id"])))
                 except BadEvent as exc:
                     log.warning("resync: task %s: skipped an annotation (%s)", task.get("id"), exc)
-            out.append(({"id": int(task["id"]), "data": dict(data)}, annotations))
-        page += 1
+            out.append(({"id": int(task["id"]), "data": dict(task.get("data") or {})}, annotations))
     return out
 
 

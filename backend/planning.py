@@ -1,0 +1,152 @@
+"""`lsllm plan`: tokens, cost and time of a run, estimated before it starts.
+
+The estimate renders the real prompts (instructions, labels, the few-shot examples selection would
+pick, the task text) for a sample of tasks and counts their characters. A few of them (`calls`) are
+sent to the provider for real: its `usage` gives the tokens per character of this model's tokenizer
+and the completion length, and the wall time gives the latency. Those answers land in the response
+cache, so the run that follows does not pay for them again. With no calls, 4 characters per token is
+assumed and the completion and time are left unknown rather than guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from backend.predictor import Predictor, ProjectPlan, task_texts
+from backend.pricing import PriceTable, format_cost
+
+DEFAULT_CHARS_PER_TOKEN = 4.0
+
+
+@dataclass
+class Estimate:
+    model: str
+    tasks: int
+    sampled: int
+    prompt_chars_mean: float
+    prompt_chars_p95: float
+    calls: int
+    tokens_per_char: float
+    measured_tokens: bool
+    completion_tokens_mean: float | None
+    seconds_per_call: float | None
+    concurrency: int
+    cost_per_task: float | None
+
+    @property
+    def prompt_tokens_mean(self) -> float:
+        return self.prompt_chars_mean * self.tokens_per_char
+
+    @property
+    def total_prompt_tokens(self) -> int:
+        return math.ceil(self.prompt_tokens_mean * self.tasks)
+
+    @property
+    def total_completion_tokens(self) -> int | None:
+        if self.completion_tokens_mean is None:
+            return None
+        return math.ceil(self.completion_tokens_mean * self.tasks)
+
+    @property
+    def total_cost(self) -> float | None:
+        return None if self.cost_per_task is None else self.cost_per_task * self.tasks
+
+    @property
+    def seconds(self) -> float | None:
+        if self.seconds_per_call is None:
+            return None
+        return self.tasks * self.seconds_per_call / self.concurrency
+
+    def table(self) -> str:
+        how = f"measured on {self.calls} calls" if self.measured_tokens else "assumed 4 chars/token"
+        completion = "unknown (use --calls)" if self.completion_tokens_mean is None else (
+            f"{self.completion_tokens_mean:,.0f} per task, {self.total_completion_tokens:,} in all")
+        if self.seconds is None:
+            duration = "unknown (use --calls)"
+        else:
+            duration = (f"{_duration(self.seconds)} at concurrency {self.concurrency} "
+                        f"({self.seconds_per_call:.2f} s per call)")
+        rows = [
+            ("model", self.model),
+            ("tasks", f"{self.tasks:,} (prompts rendered for {self.sampled})"),
+            ("prompt tokens", f"{self.prompt_tokens_mean:,.0f} per task (p95 {self.prompt_chars_p95 * self.tokens_per_char:,.0f}), "
+                              f"{self.total_prompt_tokens:,} in all ({how})"),
+            ("completion tokens", completion),
+            ("cost", format_cost(self.total_cost) + ("" if self.completion_tokens_mean is not None or
+                                                     self.total_cost is None else " for the prompts alone")),
+            ("time", duration),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)] if ordered else 0.0
+
+
+def estimate(
+    predictor: Predictor,
+    plan: ProjectPlan,
+    sample: Sequence[Mapping[str, Any]],
+    total_tasks: int,
+    prices: PriceTable,
+    calls: int = 3,
+    concurrency: int = 8,
+    project_id: str | None = None,
+    model_version: str = "plan",
+) -> Estimate:
+    """Raises ValueError when no sampled task can be rendered."""
+    chars: list[float] = []
+    renderable: list[tuple[Mapping[str, Any], int]] = []
+    for task in sample:
+        try:
+            texts = task_texts(plan.spec, task)
+        except ValueError:
+            continue
+        n = sum(len(m["content"]) for m in predictor.messages(plan, texts, project_id))
+        chars.append(n)
+        renderable.append((task, n))
+    if not chars:
+        raise ValueError("none of the sampled tasks has the text fields the label config reads")
+    measured: list[tuple[Any, int, float]] = []
+    for task, n in renderable[: max(0, calls)]:
+        started = time.perf_counter()
+        result = predictor.predict_task(plan, task, model_version, None, project_id)
+        measured.append((result, n, time.perf_counter() - started))
+    answered = [(r, n, s) for r, n, s in measured if r.prompt_tokens > 0]
+    tokens_per_char = 1.0 / DEFAULT_CHARS_PER_TOKEN
+    completion = None
+    if answered:
+        tokens_per_char = sum(r.prompt_tokens for r, _, _ in answered) / max(1, sum(n for _, n, _ in answered))
+        completion = sum(r.completion_tokens for r, _, _ in answered) / len(answered)
+    live = [s for r, _, s in measured if r.prompt_tokens > 0 and not r.cached]
+    prompt_mean = sum(chars) / len(chars) * tokens_per_char
+    cost_per_task = prices.cost(plan.model, 0, 0)
+    if cost_per_task is not None:
+        cost_per_task = prices.cost(plan.model, round(prompt_mean), round(completion or 0))
+    return Estimate(
+        model=plan.model,
+        tasks=total_tasks,
+        sampled=len(chars),
+        prompt_chars_mean=sum(chars) / len(chars),
+        prompt_chars_p95=_p95(chars),
+        calls=len(answered),
+        tokens_per_char=tokens_per_char,
+        measured_tokens=bool(answered),
+        completion_tokens_mean=completion,
+        seconds_per_call=(sum(live) / len(live)) if live else None,
+        concurrency=concurrency,
+        cost_per_task=cost_per_task,
+    )

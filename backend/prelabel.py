@@ -1,0 +1,246 @@
+"""Pre-label a whole Label Studio project: tasks in, predictions pushed back in batches.
+
+The run reads tasks page by page (never the whole project into memory), skips those that already hold
+a prediction of the current model_version (so a re-run resumes), keeps a bounded number of tasks in
+flight on the predictor's pool (the LLM client's adaptive limit decides how many calls actually run),
+and hands finished predictions to a BatchPusher. It stops submitting when asked (Ctrl-C), after
+`max_consecutive_failures` provider failures in a row, or at the first refused credential; tasks in
+flight always finish and what is done is always pushed. A task id is submitted at most once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from backend.batch_push import BatchPusher, Items
+from backend.ls_api import prediction_versions
+from backend.predictor import Predictor, ProjectPlan, TaskResult
+from backend.pricing import PriceTable, format_cost
+
+log = logging.getLogger(__name__)
+
+# failures that say the provider (not the task) is in trouble: they count toward the stop
+PROVIDER_FAILURES = {"llm_auth", "llm_rate_limit", "llm_timeout", "llm_server", "llm_connection", "llm_empty"}
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+@dataclass
+class PrelabelOptions:
+    limit: int | None = None  # tasks to predict in this run (skipped ones do not count)
+    in_flight: int = 16  # tasks submitted and not yet finished
+    max_consecutive_failures: int = 20
+    push_batch: int = 100
+    push_backoff: float = 0.5  # seconds before the first retry of a failed push, doubling
+
+
+@dataclass
+class RunStats:
+    model_version: str
+    seen: int = 0
+    skipped: int = 0
+    predicted: int = 0
+    pushed: int = 0
+    not_pushed: int = 0
+    failed: Counter = field(default_factory=Counter)
+    llm_calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
+    throttled: int = 0
+    stopped: str | None = None  # why the run ended early: interrupted, provider failures, credentials
+    seconds: float = 0.0
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    def exit_code(self) -> int:
+        if self.stopped == "interrupted":
+            return 130
+        return 0 if not self.failed_total and not self.not_pushed and not self.stopped else 1
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "-"
+        rate = self.predicted / self.seconds if self.seconds else 0.0
+        lines = [
+            f"model_version {self.model_version}",
+            f"  done       {self.pushed:>8}  (predictions stored in Label Studio)",
+            f"  skipped    {self.skipped:>8}  (already had a prediction of this version)",
+            f"  failed     {self.failed_total:>8}  ({reasons}; a re-run retries them)",
+        ]
+        if self.not_pushed:
+            lines.append(f"  not pushed {self.not_pushed:>8}  (Label Studio refused the push; a re-run retries them)")
+        lines += [
+            f"  tokens     {self.prompt_tokens:,} in / {self.completion_tokens:,} out, cost {format_cost(self.cost)}",
+            f"  provider   {self.llm_calls} calls, {self.cache_hits} cache hits, {self.throttled} 429s handled",
+            f"  time       {self.seconds:.1f} s, {rate:.1f} tasks/s",
+        ]
+        if self.stopped:
+            lines.append(f"  stopped early: {self.stopped}")
+        return "\n".join(lines)
+
+
+class Prelabeler:
+    def __init__(
+        self,
+        predictor: Predictor,
+        plan: ProjectPlan,
+        version: str,
+        project_id: str,
+        send: Callable[[Items], None],
+        prices: PriceTable,
+        options: PrelabelOptions,
+        progress: Progress | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.plan = plan
+        self.version = version
+        self.project_id = project_id
+        self.send = send
+        self.prices = prices
+        self.options = options
+        self.progress = progress
+        self.stats = RunStats(version)
+        self._lock = threading.Lock()
+        self._done: queue.Queue[tuple[Mapping[str, Any], TaskResult]] = queue.Queue()
+        self._slots = threading.Semaphore(max(1, options.in_flight))
+        self._in_flight = 0
+        self._streak = 0
+
+    def run(self, tasks: Iterable[Mapping[str, Any]]) -> RunStats:
+        """Predict and push every task that needs it; returns the counts (also after Ctrl-C)."""
+        began = time.monotonic()
+        pusher = BatchPusher(self.send, self._pushed, backoff=self.options.push_backoff)
+        batch: Items = []
+        seen: set[int] = set()
+        try:
+            try:
+                for task in tasks:
+                    batch = self._collect(batch, pusher)
+                    if self.stats.stopped or self._limit_reached():
+                        break
+                    task_id = int(task["id"])
+                    if task_id in seen:
+                        continue
+                    seen.add(task_id)
+                    self.stats.seen += 1
+                    if self.version in prediction_versions(dict(task)):
+                        self.stats.skipped += 1
+                        self._tick()
+                        continue
+                    while not self._slots.acquire(timeout=0.05):
+                        batch = self._collect(batch, pusher)
+                    if self.stats.stopped:
+                        self._slots.release()
+                        break
+                    self._submit(task)
+            except KeyboardInterrupt:
+                self.stats.stopped = "interrupted"
+                log.warning("interrupted: finishing %d tasks in flight and pushing what is done "
+                            "(Ctrl-C again to stop waiting)", self._in_flight)
+            try:
+                while self._in_flight:
+                    batch = self._collect(batch, pusher, wait=0.1)
+            except KeyboardInterrupt:
+                self.stats.stopped = "interrupted"
+                log.warning("stopped waiting: %d tasks in flight are left for the next run", self._in_flight)
+            pusher.put(batch)
+        finally:
+            pusher.close()
+            self.stats.throttled = self.predictor.llm.limiter.throttles
+            self.stats.seconds = time.monotonic() - began
+        return self.stats
+
+    def _limit_reached(self) -> bool:
+        limit = self.options.limit
+        return limit is not None and self.stats.seen - self.stats.skipped >= limit
+
+    def _submit(self, task: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._in_flight += 1
+        future = self.predictor.submit(self.plan, task, self.version, self.project_id)
+
+        def finished(f: Future) -> None:
+            try:
+                result = f.result()
+            except Exception as exc:  # noqa: BLE001 - one task's bug must not end the run
+                log.error("task %s failed unexpectedly: %r", task.get("id"), exc)
+                result = TaskResult([], error="internal error", reason="error")
+            self._done.put((task, result))
+            self._slots.release()
+
+        future.add_done_callback(finished)
+
+    def _collect(self, batch: Items, pusher: BatchPusher, wait: float = 0.0) -> Items:
+        """Account for every finished task; hand full batches to the pusher."""
+        while True:
+            try:
+                task, result = self._done.get(timeout=wait) if wait else self._done.get_nowait()
+            except queue.Empty:
+                return batch
+            wait = 0.0
+            with self._lock:
+                self._in_flight -= 1
+            self._account(result)
+            if result.item:
+                batch.append({"task": int(task["id"]), "result": result.item["result"],
+                              "score": result.item.get("score"), "model_version": self.version})
+                if len(batch) >= self.options.push_batch:
+                    pusher.put(batch)
+                    batch = []
+            self._tick()
+
+    def _account(self, result: TaskResult) -> None:
+        stats = self.stats
+        if result.cached:
+            stats.cache_hits += 1
+        elif result.reason not in ("bad_task", "deadline", "error"):
+            stats.llm_calls += 1
+            stats.prompt_tokens += result.prompt_tokens
+            stats.completion_tokens += result.completion_tokens
+            cost = self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens)
+            stats.cost = None if cost is None or stats.cost is None else stats.cost + cost
+        if result.item:
+            stats.predicted += 1
+            self._streak = 0
+            return
+        stats.failed[result.reason] += 1
+        if result.reason in PROVIDER_FAILURES:
+            self._streak += 1
+        if result.reason == "llm_auth" and not stats.stopped:
+            stats.stopped = "the provider refused the credentials (check LLM_API_KEY)"
+        elif self._streak >= self.options.max_consecutive_failures and not stats.stopped:
+            stats.stopped = f"{self._streak} provider failures in a row ({result.reason})"
+
+    def _pushed(self, items: Items, delivered: bool) -> None:
+        with self._lock:
+            if delivered:
+                self.stats.pushed += len(items)
+            else:
+                self.stats.not_pushed += len(items)
+
+    def _tick(self) -> None:
+        if self.progress is None:
+            return
+        stats = self.stats
+        self.progress.update(1)
+        self.progress.set_postfix_str(
+            f"done={stats.predicted} skip={stats.skipped} fail={stats.failed_total} "
+            f"tok={stats.prompt_tokens + stats.completion_tokens:,} cost={format_cost(stats.cost).split(' ')[0]}",
+            refresh=False,
+        )
