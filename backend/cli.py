@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
                 failed += 1
             out.append(task)
         Path(args.out).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
-        model.predictor.close()
+        model.close()
     print(f"lsllm predict: {len(out) - failed} predicted, {failed} failed -> {args.out}", file=sys.stderr)
     return 0 if failed == 0 else 1
 
@@ -218,7 +218,7 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
             stats = runner.run(tasks())
             bar.close()
         finally:
-            model.predictor.close()
+            model.close()
     print("lsllm prelabel: " + stats.summary(), file=sys.stderr)
     return stats.exit_code()
 
@@ -268,7 +268,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"lsllm plan: {exc}", file=sys.stderr)
                 return 2
         finally:
-            model.predictor.close()
+            model.close()
     print(result.table())
     return 0
 

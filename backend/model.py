@@ -52,6 +52,14 @@ class LLMBackendModel:
         self.worker = worker
         self.push = push
 
+    def close(self) -> None:
+        """Stop the background work and write what is pending; the CLI commands end with this."""
+        self.predictor.close()
+        self.predictor.llm.close()
+        self.worker.stop()
+        if self.push is not None:
+            self.push.close()
+
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
         examples = self.projects.examples_version(project_id) if project_id else 0

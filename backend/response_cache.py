@@ -4,21 +4,31 @@ The key is a hash of everything that shapes the answer: the model, the full rend
 change to the prompt template, instructions or selected examples misses naturally), the JSON schema,
 the structured-output mode and the sampling parameters. Bounded in size: past `max_entries` the
 oldest entries are dropped.
+
+New answers are written behind, in batches: one transaction per call cost more CPU than the rest of a
+task together (measured), so `put` keeps them in memory (where `get` sees them at once) and writes
+them in one transaction when `batch` are waiting or `linger` seconds after the first one; `flush()`
+writes what is left (the CLI calls it at the end of a run). A crash loses at most those few answers,
+which only means paying for them again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 import time
-from dataclasses import asdict
 from typing import Any, Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from backend.db import insert_ignore, llm_cache, write
 from converters.confidence import Token
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(
@@ -33,17 +43,26 @@ def cache_key(
 
 
 class ResponseCache:
-    def __init__(self, engine: Engine, max_entries: int = 100_000) -> None:
+    def __init__(self, engine: Engine, max_entries: int = 100_000, batch: int = 64, linger: float = 0.5) -> None:
         self.engine = engine
         self.max_entries = max_entries
+        self.batch = batch
+        self.linger = linger
         self._writes = 0
+        self._pending: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(llm_cache.c.answer).where(llm_cache.c.key == key)).first()
-        if row is None:
-            return None
-        answer = json.loads(row[0])
+        with self._lock:
+            text = self._pending.get(key)
+        if text is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(llm_cache.c.answer).where(llm_cache.c.key == key)).first()
+            if row is None:
+                return None
+            text = row[0]
+        answer = json.loads(text)
         if answer.get("tokens") is not None:
             answer["tokens"] = [Token(t["text"], t["logprob"], tuple(map(tuple, t["alternatives"])))
                                 for t in answer["tokens"]]
@@ -52,16 +71,50 @@ class ResponseCache:
     def put(self, key: str, content: str, tokens: list[Token] | None, prompt_tokens: int, completion_tokens: int) -> None:
         answer = {
             "content": content,
-            "tokens": [asdict(t) for t in tokens] if tokens is not None else None,
+            "tokens": [{"text": t.text, "logprob": t.logprob, "alternatives": t.alternatives} for t in tokens]
+            if tokens is not None else None,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
         }
+        with self._lock:
+            self._pending[key] = json.dumps(answer, ensure_ascii=False)
+            full = len(self._pending) >= self.batch
+            if not full and self._timer is None:
+                self._timer = threading.Timer(self.linger, self._flush_quietly)
+                self._timer.daemon = True
+                self._timer.start()
+        if full:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write every pending answer in one transaction; returns how many. Raises SQLAlchemyError (the
+        answers stay pending for the next try)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            pending = dict(self._pending)
+        if not pending:
+            return 0
+        now = time.time()
         with write(self.engine) as conn:
-            insert_ignore(conn, llm_cache, {"key": key, "answer": json.dumps(answer, ensure_ascii=False),
-                                            "created_at": time.time()})
-        self._writes += 1
-        if self._writes % 500 == 0:
+            for key, text in pending.items():
+                insert_ignore(conn, llm_cache, {"key": key, "answer": text, "created_at": now})
+        with self._lock:
+            for key in pending:
+                self._pending.pop(key, None)
+        before, self._writes = self._writes, self._writes + len(pending)
+        if before // 500 != self._writes // 500:
             self.trim()
+        return len(pending)
+
+    def _flush_quietly(self) -> None:
+        with self._lock:
+            self._timer = None
+        try:
+            self.flush()
+        except SQLAlchemyError:
+            log.warning("response cache unavailable: %d answers not written yet", len(self._pending))
 
     def trim(self) -> int:
         """Drop the oldest entries beyond max_entries; returns how many were dropped."""

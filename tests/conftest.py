@@ -74,9 +74,7 @@ def make_app(tmp_path: Path, provider: ScriptedProvider) -> Callable[..., Any]:
 
     yield factory
     for app in made:
-        app.extensions["lsllm_model"].predictor.close()
-        app.extensions["lsllm_model"].worker.stop()
-        app.extensions["lsllm_model"].push.close()
+        app.extensions["lsllm_model"].close()
 
 
 def json_answer(obj: Any) -> Reply:

@@ -51,9 +51,7 @@ class Run:
         return [item for batch in self.pushed for item in batch]
 
     def close(self) -> None:
-        self.model.predictor.close()
-        self.model.worker.stop()
-        self.model.push.close()
+        self.model.close()
 
 
 def test_skips_predicted_sends_each_task_once_and_pushes_all(tmp_path) -> None:

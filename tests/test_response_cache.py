@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import json
 import subprocess
 import sys
@@ -75,5 +77,22 @@ def test_cache_key_covers_everything_and_size_is_bounded(tmp_path) -> None:
     cache = ResponseCache(engine, max_entries=10)
     for i in range(25):
         cache.put(f"k{i:02d}", f"answer {i}", None, 1, 1)
+    assert cache.flush() == 25
     assert cache.trim() == 15
     assert cache.get("k00") is None and cache.get("k24")["content"] == "answer 24"
+
+
+def test_answers_are_written_behind_seen_at_once_here_and_soon_elsewhere(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    migrate(engine)
+    here = ResponseCache(engine, batch=3, linger=0.3)
+    elsewhere = ResponseCache(make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}"))  # another worker
+    here.put("a", "answer a", None, 5, 2)
+    assert here.get("a")["prompt_tokens"] == 5  # pending, yet visible in this process
+    assert elsewhere.get("a") is None
+    time.sleep(0.6)  # the linger timer wrote it
+    assert elsewhere.get("a")["content"] == "answer a"
+    here.put("b", "b", None, 1, 1)
+    here.put("c", "c", None, 1, 1)
+    here.put("d", "d", None, 1, 1)  # a full batch is written at once, without waiting
+    assert elsewhere.get("d")["content"] == "d" and elsewhere.get("b")["content"] == "b"
