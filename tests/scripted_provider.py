@@ -2,12 +2,18 @@
 
 Used by the tests and the benchmarks: the backend talks to it through the real `openai` SDK over
 loopback, so retries, timeouts, Retry-After and logprobs go through the same code as in production.
+`POST /v1/embeddings` answers deterministic vectors (a hashed bag of words by default, or the test's
+own `embed` function), as floats or base64 like the real API.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
 import re
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +43,31 @@ def tokens_of(content: str, logprob: float) -> list[dict[str, Any]]:
     ]
 
 
+def hashed_bag_of_words(text: str, dims: int = 256) -> list[float]:
+    """A deterministic unit vector: each lower-cased word adds 1 to the dimension its hash picks."""
+    vector = [0.0] * dims
+    for word in re.findall(r"\w+", text.casefold()):
+        vector[int(hashlib.sha1(word.encode()).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def embeddings_payload(body: dict[str, Any], embed: Callable[[str], list[float]]) -> dict[str, Any]:
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    data = []
+    for i, text in enumerate(texts):
+        vector = embed(str(text))
+        if body.get("encoding_format") == "base64":
+            encoded: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        else:
+            encoded = vector
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    tokens = sum(len(str(t).split()) for t in texts)
+    return {"object": "list", "data": data, "model": body.get("model") or "scripted",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 def last_user_text(body: dict[str, Any]) -> str:
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
@@ -59,6 +90,10 @@ class ScriptedProvider:
         self.max_concurrency = max_concurrency
         self.retry_after = retry_after
         self.requests: list[dict[str, Any]] = []
+        # POST /v1/embeddings: its own request log, a status to play an outage, the vector function
+        self.embedding_requests: list[dict[str, Any]] = []
+        self.embeddings_status = 200
+        self.embed: Callable[[str], list[float]] = hashed_bag_of_words
         self.rejected_429 = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -90,12 +125,24 @@ class ScriptedProvider:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _embeddings(self, body: dict[str, Any]) -> None:
+                with provider._lock:
+                    provider.embedding_requests.append(body)
+                    status = provider.embeddings_status
+                if status != 200:
+                    self._send(status, {"error": {"message": "scripted embeddings outage"}})
+                    return
+                self._send(200, embeddings_payload(body, provider.embed))
+
             def do_GET(self) -> None:
                 self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    self._embeddings(body)
+                    return
                 with provider._lock:
                     provider.requests.append(body)
                     if provider.max_concurrency is not None and provider.in_flight >= provider.max_concurrency:
