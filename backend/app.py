@@ -29,7 +29,7 @@ from backend.project_store import ProjectStore
 from backend.push import PushDelivery
 from backend.response_cache import ResponseCache
 from backend.resync import make_resync
-from backend.selection import Selector
+from backend.selection import Selector, ShortlistPolicy
 from backend.settings import Settings
 from backend.webhook import BadEvent
 from converters.task_spec import UnsupportedConfig
@@ -58,9 +58,13 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     projects = ProjectStore(engine)
     examples = ExampleStore(engine)
     selector = Selector(
-        examples, settings.few_shot_k, settings.few_shot_token_budget, settings.selection_refresh_seconds
+        examples,
+        settings.few_shot_k,
+        settings.few_shot_token_budget,
+        settings.selection_refresh_seconds,
+        ShortlistPolicy(settings.label_shortlist_threshold, settings.label_shortlist_size),
     )
-    predictor = Predictor(settings, llm, metrics, examples=selector.select)
+    predictor = Predictor(settings, llm, metrics, context=selector.context)
     learner = Learner(
         engine,
         examples,

@@ -25,12 +25,13 @@ from converters.output_schema import output_json_schema
 from converters.parse import UnparsableAnswer, parse_answer
 from converters.regions import Prediction, answer_to_prediction, check_prediction
 from converters.task_spec import TaskSpec, build_task_spec
-from prompts import Example, PromptRenderer
+from prompts import PromptRenderer, TaskContext
 
 log = logging.getLogger(__name__)
 
-# Few-shot examples for a task: (project id, spec, task texts) -> examples, most similar last.
-ExampleSource = Callable[[str | None, TaskSpec, Mapping[str, str]], Sequence[Example]]
+# What a task's prompt is made of: (project id, spec, task texts) -> the spec for this task (narrowed to
+# a label shortlist when the label set is large) and its few-shot examples, most similar last.
+ContextSource = Callable[[str | None, TaskSpec, Mapping[str, str]], TaskContext]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ class ProjectPlan:
     model: str
     temperature: float
     project_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """One task's request: the spec it was asked with, the JSON schema and the messages."""
+
+    spec: TaskSpec
+    schema: dict[str, Any]
+    messages: list[dict[str, str]]
 
 
 @dataclass
@@ -77,17 +87,19 @@ class Predictor:
         llm: LLMClient,
         metrics: Metrics,
         renderer: PromptRenderer | None = None,
-        examples: ExampleSource | None = None,
+        context: ContextSource | None = None,
     ) -> None:
         self.settings = settings
         self.llm = llm
         self.metrics = metrics
         self.renderer = renderer or PromptRenderer(settings.prompt_version)
-        self.examples = examples or (lambda project_id, spec, texts: ())
+        self.context = context or (lambda project_id, spec, texts: TaskContext(spec))
         self._pool = ThreadPoolExecutor(
             max_workers=settings.llm_max_concurrency, thread_name_prefix="llm"
         )
         self._plan = lru_cache(maxsize=64)(self._build_plan)
+        # one schema per label shortlist, which repeat across tasks; callers only read it
+        self._schema = lru_cache(maxsize=512)(lambda controls: output_json_schema(TaskSpec(controls, ())))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -113,18 +125,24 @@ class Predictor:
         )
 
     # --- one task ------------------------------------------------------------------------------
-    def messages(
-        self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None
-    ) -> list[dict[str, str]]:
+    def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None) -> TaskPrompt:
+        """The request for one task: its context (shortlisted spec, examples), schema and messages."""
         mode = self.llm.response_mode
-        examples = self.examples(project_id, plan.spec, texts)
-        return self.renderer.messages(
-            plan.spec,
+        context = self.context(project_id, plan.spec, texts)
+        schema = plan.schema if context.spec.controls == plan.spec.controls else self._schema(context.spec.controls)
+        messages = self.renderer.messages(
+            context.spec,
             texts,
-            examples,
+            context.examples,
             show_format=mode is not ResponseFormat.json_schema,
             include_schema=mode in (ResponseFormat.json_object, ResponseFormat.text),
         )
+        return TaskPrompt(context.spec, schema, messages)
+
+    def messages(
+        self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None
+    ) -> list[dict[str, str]]:
+        return self.prompt(plan, texts, project_id).messages
 
     def predict_task(
         self,
@@ -147,7 +165,8 @@ class Predictor:
             if timeout <= 0.2:
                 self.metrics.tasks.labels("deadline").inc()
                 return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
-        messages = self.messages(plan, texts, project_id)
+        prompt = self.prompt(plan, texts, project_id)
+        messages = prompt.messages
         if log.isEnabledFor(logging.DEBUG):
             log.debug("task %s prompt: %s", task_id, json.dumps(messages, ensure_ascii=False))
         options = CallOptions(
@@ -158,7 +177,7 @@ class Predictor:
             deadline=deadline,
         )
         try:
-            answer = self.llm.complete(messages, plan.schema, options)
+            answer = self.llm.complete(messages, prompt.schema, options)
         except LLMError as exc:
             self.metrics.tasks.labels(f"llm_{exc.kind}").inc()
             log.warning("task %s: %s", task_id, exc)
@@ -172,7 +191,8 @@ class Predictor:
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                               cached=answer.cached)
         probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
-        prediction = answer_to_prediction(plan.spec, task["data"], parsed, probs)
+        # the task's own spec: an answer outside its shortlist is dropped, scores renormalise over it
+        prediction = answer_to_prediction(prompt.spec, task["data"], parsed, probs)
         for reason, count in prediction.dropped.items():
             self.metrics.dropped_entities.labels(reason).inc(count)
         item = self._validated(plan, task["data"], prediction, model_version, task_id)

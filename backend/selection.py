@@ -1,14 +1,19 @@
 """Few-shot selection per task: the k most useful reviewed examples within a token budget.
 
-Lexical similarity (idf-weighted word overlap through an inverted index, no model needed), reviewer
-corrections weighted up, diversity by maximal marginal relevance, label coverage for single-choice
-controls (no prompt with eight examples of one class), and a deterministic order (ties by annotation
-id; the most similar example sits right before the task). Each process keeps an index per project and
+Similarity to the task comes from one of two sources: lexical (idf-weighted word overlap through an
+inverted index, no model needed, the default) or embeddings (`backend.vector_index`, when
+EMBEDDINGS_MODEL is set; an outage falls back to lexical for that task). Whatever the source, one piece
+of code (`choose`) picks the examples: reviewer corrections weighted up, diversity by maximal marginal
+relevance, label coverage for single-choice controls (no prompt with eight examples of one class), and
+a deterministic order (ties by annotation id; the most similar example sits right before the task).
+Controls with a large label set are narrowed to a per-task shortlist first (`converters.shortlist`),
+and only examples that fit the shortlist are used. Each process keeps an index per project and
 refreshes it incrementally from the store's `seq` column.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -17,12 +22,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from backend.example_store import ExampleStore, StoredExample
 from converters.examples import result_to_answer
-from converters.task_spec import TaskSpec
-from prompts import Example
+from converters.shortlist import Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
+from converters.task_spec import ControlSpec, TaskSpec
+from prompts import Example, TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,20 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 def tokenize(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text)]
+
+
+def example_text(data: Mapping[str, object]) -> str:
+    """The text an example is compared by: its string data fields, joined."""
+    return " ".join(str(v) for v in data.values() if isinstance(v, str))
+
+
+# (similarity to the task, annotation id), best first
+Hit = tuple[float, int]
+
+
+def pool_size(k: int) -> int:
+    """How many nearest examples are considered (for MMR, coverage and the label vote)."""
+    return max(6 * k, 32)
 
 
 @dataclass
@@ -50,7 +70,7 @@ class LexicalIndex:
         for row in rows:
             self._remove(row.annotation_id)
             if row.status == "live":
-                words = frozenset(tokenize(" ".join(str(v) for v in row.data.values() if isinstance(v, str))))
+                words = frozenset(tokenize(example_text(row.data)))
                 self.entries[row.annotation_id] = Entry(row, words, 1.0 / math.sqrt(max(1, len(words))))
                 for word in words:
                     self.postings.setdefault(word, set()).add(row.annotation_id)
@@ -95,6 +115,10 @@ class LexicalIndex:
         ranked = ((s * self.entries[a].length_norm, a) for a, s in scores.items())
         return heapq.nlargest(pool, ranked, key=lambda pair: (pair[0], -pair[1]))
 
+    def overlap(self, a: int, b: int) -> float:
+        """Jaccard similarity of two examples' words (the redundancy MMR penalises)."""
+        return _jaccard(self.entries[a].tokens, self.entries[b].tokens)
+
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a and not b:
@@ -114,29 +138,69 @@ def _choice_label(entry: Entry, spec: TaskSpec) -> str | None:
     return None
 
 
-def select_examples(
-    index: LexicalIndex,
-    spec: TaskSpec,
-    text: str,
-    k: int,
-    token_budget: int,
-    diversity: float = 0.3,
-    correction_boost: float = 1.15,
-) -> list[Entry]:
-    """Pick up to k entries for one task; returns them least to most relevant."""
-    if k <= 0 or not index.entries:
-        return []
-    query = tokenize(text)
-    hits = index.search(query, pool=max(6 * k, 32))
+@dataclass(frozen=True)
+class Candidates:
+    """What one similarity source says about one task."""
+
+    hits: list[Hit]  # the nearest examples, best first
+    overlap: Callable[[int, int], float]  # similarity of two examples, for MMR
+    label_similarity: Callable[[ControlSpec], Scores]  # task text vs each label's own words/meaning
+
+
+@dataclass(frozen=True)
+class ShortlistPolicy:
+    """Controls with more than `threshold` labels (0: never) show only `size` labels per task.
+
+    The kNN vote is over the `size // 2` nearest examples, so it fills at most half the shortlist and
+    the labels' own similarity to the task the rest: with few reviewed examples, far neighbours voting
+    for unrelated labels pushed the gold label out (Banking77, 100 examples: recall@20 0.61 with 48
+    voters, 0.94 with 10; benchmarks/shortlist.py)."""
+
+    threshold: int = 0
+    size: int = 20
+
+    @property
+    def voters(self) -> int:
+        return max(1, self.size // 2)
+
+
+def lexical_hits(index: LexicalIndex, text: str, k: int) -> list[Hit]:
+    hits = index.search(tokenize(text), pool=pool_size(k))
     if len(hits) < k:  # too little overlap: let the newest examples fill up, for coverage
         seen = {a for _, a in hits}
         newest = sorted(index.entries, reverse=True)
         hits += [(0.0, a) for a in newest if a not in seen][: 8 * k - len(hits)]
+    return hits
+
+
+def lexical_candidates(
+    index: LexicalIndex, text: str, k: int, lexicon: Callable[[ControlSpec], Lexicon] = Lexicon
+) -> Candidates:
+    """The default source: word overlap with the examples and with the labels' own words (`lexicon`
+    builds or looks up a control's label words)."""
+    return Candidates(lexical_hits(index, text, k), index.overlap, lambda control: lexicon(control).similarity(text))
+
+
+def choose(
+    entries: Mapping[int, Entry],
+    hits: Sequence[Hit],
+    spec: TaskSpec,
+    k: int,
+    token_budget: int,
+    overlap: Callable[[int, int], float],
+    diversity: float = 0.3,
+    correction_boost: float = 1.15,
+) -> list[Entry]:
+    """Pick up to k of the hits: relevance (corrections boosted) against redundancy with what is
+    already chosen (MMR), at most about k/labels per single-choice label, within the token budget.
+    Returns them least to most relevant, ties by annotation id."""
+    if k <= 0 or not hits:
+        return []
     top = max((s for s, _ in hits), default=0.0) or 1.0
     relevance = {
-        a: (s / top) * (correction_boost if index.entries[a].example.corrected else 1.0) for s, a in hits
+        a: (max(0.0, s) / top) * (correction_boost if entries[a].example.corrected else 1.0) for s, a in hits
     }
-    labels = {a: _choice_label(index.entries[a], spec) for _, a in hits}
+    labels = {a: _choice_label(entries[a], spec) for _, a in hits}
     distinct = len({l for l in labels.values() if l is not None}) or 1
     cap = max(1, math.ceil(k / min(k, distinct)))
     chosen: list[int] = []
@@ -148,20 +212,62 @@ def select_examples(
         allowed = [a for a in candidates if labels[a] is None or per_label[labels[a]] < cap] or candidates
         best = max(allowed, key=lambda a: ((1 - diversity) * relevance[a] - diversity * redundancy[a], -a))
         candidates.remove(best)
-        cost = _tokens(index.entries[best])
+        cost = _tokens(entries[best])
         if cost > budget:
             continue
         budget -= cost
         chosen.append(best)
         if labels[best] is not None:
             per_label[labels[best]] += 1
-        best_tokens = index.entries[best].tokens
         for a in candidates:
-            similarity = _jaccard(index.entries[a].tokens, best_tokens)
+            similarity = overlap(a, best)
             if similarity > redundancy[a]:
                 redundancy[a] = similarity
     chosen.sort(key=lambda a: (relevance[a], -a))
-    return [index.entries[a] for a in chosen]
+    return [entries[a] for a in chosen]
+
+
+def choose_for_task(
+    entries: Mapping[int, Entry],
+    candidates: Candidates,
+    spec: TaskSpec,
+    k: int,
+    token_budget: int,
+    shortlist: ShortlistPolicy = ShortlistPolicy(),
+) -> tuple[TaskSpec, list[Entry]]:
+    """(the spec for this task, its examples least to most relevant).
+
+    Large label sets are narrowed first: the kNN vote of the nearest examples (similarity-weighted),
+    then the labels' similarity to the task text (`converters.shortlist`). Examples answering with a
+    label outside the shortlist are not used, so the prompt never shows an answer that its label list
+    and schema forbid."""
+    hits = list(candidates.hits)
+    narrowed = spec
+    if any(needs_shortlist(c, shortlist.threshold) for c in spec.controls):
+        top = max((s for s, _ in hits), default=0.0) or 1.0
+        neighbours = [(s / top, entries[a].example.result) for s, a in hits[: shortlist.voters] if s > 0]
+        narrowed = shortlist_spec(
+            spec,
+            shortlist.threshold,
+            shortlist.size,
+            votes=lambda control: knn_votes(control, neighbours),
+            similarity=candidates.label_similarity,
+        )
+        hits = [(s, a) for s, a in hits if result_fits(narrowed, entries[a].example.result)]
+    return narrowed, choose(entries, hits, narrowed, k, token_budget, candidates.overlap)
+
+
+def select_examples(
+    index: LexicalIndex,
+    spec: TaskSpec,
+    text: str,
+    k: int,
+    token_budget: int,
+) -> list[Entry]:
+    """Lexical selection without shortlisting; returns entries least to most relevant."""
+    if k <= 0 or not index.entries:
+        return []
+    return choose_for_task(index.entries, lexical_candidates(index, text, k), spec, k, token_budget)[1]
 
 
 def _tokens(entry: Entry) -> int:
@@ -182,16 +288,36 @@ def entry_to_example(entry: Entry, spec: TaskSpec) -> Example | None:
     return Example(texts=texts, answer=answer)
 
 
+class CandidateSource(Protocol):
+    """A similarity source other than the lexical default (embeddings). `candidates` raises one of
+    `unavailable` when it cannot answer for this task; the selector then falls back to lexical."""
+
+    unavailable: tuple[type[Exception], ...]
+
+    def candidates(self, project_id: str | None, index: LexicalIndex, text: str, k: int) -> Candidates: ...
+
+
 class Selector:
     """Per-process indexes over the shared store, refreshed at most every `refresh_seconds`."""
 
-    def __init__(self, store: ExampleStore, k: int, token_budget: int, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: ExampleStore,
+        k: int,
+        token_budget: int,
+        refresh_seconds: float = 1.0,
+        shortlist: ShortlistPolicy = ShortlistPolicy(),
+        vectors: CandidateSource | None = None,
+    ) -> None:
         self.store = store
         self.k = k
         self.token_budget = token_budget
         self.refresh_seconds = refresh_seconds
+        self.shortlist = shortlist
+        self.vectors = vectors
         self._indexes: dict[str, tuple[float, LexicalIndex]] = {}
         self._lock = threading.Lock()
+        self._lexicon = functools.lru_cache(maxsize=256)(Lexicon)  # label words, once per control
 
     def index(self, project_id: str) -> LexicalIndex:
         with self._lock:
@@ -201,12 +327,28 @@ class Selector:
                 self._indexes[project_id] = (time.monotonic(), index)
             return index
 
-    def select(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str]) -> list[Example]:
-        if project_id is None or self.k <= 0:
-            return []
-        index = self.index(project_id)
-        chosen = select_examples(index, spec, " ".join(texts.values()), self.k, self.token_budget)
-        out = [ex for ex in (entry_to_example(e, spec) for e in chosen) if ex is not None]
+    def choose(
+        self, project_id: str | None, index: LexicalIndex, spec: TaskSpec, text: str
+    ) -> tuple[TaskSpec, list[Entry]]:
+        """Embeddings similarity when configured and reachable, else the lexical default (the vector
+        source logs one warning line per outage)."""
+        if self.vectors is not None:
+            try:
+                candidates = self.vectors.candidates(project_id, index, text, self.k)
+                return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist)
+            except self.vectors.unavailable:
+                log.debug("project %s: lexical selection for this task (embeddings unavailable)", project_id)
+        candidates = lexical_candidates(index, text, self.k, self._lexicon)
+        return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist)
+
+    def context(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str]) -> TaskContext:
+        """The (possibly shortlisted) spec and the few-shot examples for one task."""
+        shortlisting = any(needs_shortlist(c, self.shortlist.threshold) for c in spec.controls)
+        index = self.index(project_id) if project_id is not None and self.k > 0 else LexicalIndex()
+        if not index.entries and not shortlisting:
+            return TaskContext(spec, ())
+        narrowed, chosen = self.choose(project_id, index, spec, " ".join(texts.values()))
+        out = [ex for ex in (entry_to_example(e, narrowed) for e in chosen) if ex is not None]
         if out:
             log.debug(
                 "project %s: %d examples selected (annotations %s)",
@@ -214,4 +356,4 @@ class Selector:
                 len(out),
                 [e.example.annotation_id for e in chosen],
             )
-        return out
+        return TaskContext(narrowed, tuple(out))

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     )
     examples_version_every: int = Field(default=20, ge=1, validation_alias="EXAMPLES_VERSION_EVERY")
     selection_refresh_seconds: float = Field(default=1.0, ge=0, validation_alias="SELECTION_REFRESH_SECONDS")
+    label_shortlist_threshold: int = Field(
+        default=40,
+        ge=0,
+        validation_alias="LABEL_SHORTLIST_THRESHOLD",
+        description="a control with more labels than this shows only a per-task shortlist (0: never)",
+    )
+    label_shortlist_size: int = Field(default=20, ge=2, validation_alias="LABEL_SHORTLIST_SIZE")
 
     # --- Label Studio API (START_TRAINING resync; falls back to /setup's hostname + token) --------
     label_studio_url: str | None = Field(default=None, validation_alias="LABEL_STUDIO_URL")

@@ -2,6 +2,8 @@
 
 The generated JSON schema is strict-mode compatible (every property required, no extra keys), so it can
 be sent as OpenAI `json_schema` with `strict: true`, and llama.cpp turns the same schema into a grammar.
+A spec narrowed to a label shortlist (converters.shortlist) gives a schema whose enums are the shortlist,
+so structured output cannot answer a label the prompt did not show.
 """
 
 from __future__ import annotations

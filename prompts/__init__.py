@@ -26,6 +26,15 @@ class Example:
     answer: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What one task's prompt is made of besides its text: the spec (the project's, or narrowed to a
+    label shortlist for this task) and the few-shot examples, most similar last."""
+
+    spec: TaskSpec
+    examples: Sequence[Example] = ()
+
+
 class PromptRenderer:
     """Renders chat messages from one template version; the version is part of model_version."""
 
