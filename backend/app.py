@@ -18,6 +18,8 @@ from werkzeug.exceptions import HTTPException
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.db import make_engine, migrate
+from backend.embedding_store import EmbeddingStore
+from backend.embeddings import Embedder, embeddings_config
 from backend.example_store import ExampleStore
 from backend.learning import EventWorker, Learner, VersionPolicy
 from backend.llm_client import LLMClient
@@ -31,6 +33,7 @@ from backend.response_cache import ResponseCache
 from backend.resync import make_resync
 from backend.selection import Selector, ShortlistPolicy
 from backend.settings import Settings
+from backend.vector_index import VectorSource
 from backend.webhook import BadEvent
 from converters.task_spec import UnsupportedConfig
 
@@ -57,12 +60,14 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     llm = LLMClient(settings, base_url=llm_base_url, on_call=on_call, cache=cache)
     projects = ProjectStore(engine)
     examples = ExampleStore(engine)
+    embeddings = embeddings_config(settings, llm_base_url)
     selector = Selector(
         examples,
         settings.few_shot_k,
         settings.few_shot_token_budget,
         settings.selection_refresh_seconds,
         ShortlistPolicy(settings.label_shortlist_threshold, settings.label_shortlist_size),
+        VectorSource(Embedder(embeddings), EmbeddingStore(engine)) if embeddings is not None else None,
     )
     predictor = Predictor(settings, llm, metrics, context=selector.context)
     learner = Learner(

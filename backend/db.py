@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -110,7 +111,18 @@ llm_cache = Table(
     Index("ix_llm_cache_created", "created_at"),
 )
 
-SCHEMA_VERSION = 4
+example_embeddings = Table(
+    "example_embeddings",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("annotation_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("model", String(200), primary_key=True),
+    Column("text_hash", String(64), nullable=False),  # of the embedded text: a changed text is re-embedded
+    Column("vector", LargeBinary, nullable=False),  # float32 little-endian, unit length
+    Column("created_at", Float, nullable=False),
+)
+
+SCHEMA_VERSION = 5
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
@@ -193,11 +205,16 @@ def _migration_4(conn: Connection) -> None:
     """llm_cache (the response cache): a new table, made by create_all."""
 
 
+def _migration_5(conn: Connection) -> None:
+    """example_embeddings (EMBEDDINGS_MODEL vectors of examples): a new table, made by create_all."""
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 ]
 
 

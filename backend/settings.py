@@ -109,6 +109,17 @@ class Settings(BaseSettings):
     )
     examples_version_every: int = Field(default=20, ge=1, validation_alias="EXAMPLES_VERSION_EVERY")
     selection_refresh_seconds: float = Field(default=1.0, ge=0, validation_alias="SELECTION_REFRESH_SECONDS")
+    embeddings_model: str | None = Field(
+        default=None,
+        validation_alias="EMBEDDINGS_MODEL",
+        description="embeddings model for few-shot selection and label shortlists (unset: lexical)",
+    )
+    embeddings_base_url: str | None = Field(
+        default=None, validation_alias="EMBEDDINGS_BASE_URL", description="defaults to the LLM's base URL"
+    )
+    embeddings_api_key: SecretStr | None = Field(
+        default=None, validation_alias="EMBEDDINGS_API_KEY", description="defaults to the LLM's key"
+    )
     label_shortlist_threshold: int = Field(
         default=40,
         ge=0,
