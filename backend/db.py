@@ -125,13 +125,24 @@ example_embeddings = Table(
 SCHEMA_VERSION = 5
 
 
-def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted (0 or 1)."""
+def _insert_ignoring(conn: Connection, table: Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect (SQLite or PostgreSQL)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return conn.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount
+    return insert(table).on_conflict_do_nothing()
+
+
+def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> int:
+    """Insert one row unless its key exists; returns rows inserted (0 or 1)."""
+    return conn.execute(_insert_ignoring(conn, table).values(**values)).rowcount
+
+
+def insert_ignore_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """insert_ignore for many rows in one executemany."""
+    if rows:
+        conn.execute(_insert_ignoring(conn, table), rows)
 
 
 def make_engine(url: str) -> Engine:

@@ -10,6 +10,12 @@ task together (measured), so `put` keeps them in memory (where `get` sees them a
 them in one transaction when `batch` are waiting or `linger` seconds after the first one; `flush()`
 writes what is left (the CLI calls it at the end of a run). A crash loses at most those few answers,
 which only means paying for them again.
+
+Reads skip the database on a certain miss: each process keeps the set of keys the store holds (as 64-bit
+hashes, ~6 MB per 100,000 entries), read once and then topped up with the keys written since, at
+most every `sync_seconds`. Only a key in that set (a likely hit) costs a query; a first run's misses
+cost none. A key another process wrote less than `sync_seconds` ago can be missed, which costs one
+extra call, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.db import insert_ignore, llm_cache, write
+from backend.db import insert_ignore_many, llm_cache, write
 from converters.confidence import Token
 
 log = logging.getLogger(__name__)
@@ -42,21 +48,34 @@ def cache_key(
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _short(key: str) -> int:
+    return hash(key)  # the set lives in one process, so the per-process hash seed is fine
+
+
 class ResponseCache:
-    def __init__(self, engine: Engine, max_entries: int = 100_000, batch: int = 64, linger: float = 0.5) -> None:
+    def __init__(
+        self, engine: Engine, max_entries: int = 100_000, batch: int = 64, linger: float = 0.5,
+        sync_seconds: float = 0.5,
+    ) -> None:
         self.engine = engine
         self.max_entries = max_entries
         self.batch = batch
         self.linger = linger
+        self.sync_seconds = sync_seconds
         self._writes = 0
         self._pending: dict[str, str] = {}
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._known: set[int] | None = None  # read on first use
+        self._synced_at = 0.0  # time.monotonic() of the last top-up
+        self._seen_until = 0.0  # created_at up to which keys were read
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
             text = self._pending.get(key)
         if text is None:
+            if not self._maybe_stored(key):
+                return None
             with self.engine.connect() as conn:
                 row = conn.execute(select(llm_cache.c.answer).where(llm_cache.c.key == key)).first()
             if row is None:
@@ -67,6 +86,31 @@ class ResponseCache:
             answer["tokens"] = [Token(t["text"], t["logprob"], tuple(map(tuple, t["alternatives"])))
                                 for t in answer["tokens"]]
         return answer
+
+    def _maybe_stored(self, key: str) -> bool:
+        short = _short(key)
+        if self._known is not None and short in self._known:
+            return True
+        if self._known is not None and time.monotonic() - self._synced_at < self.sync_seconds:
+            return False
+        self._sync()
+        return short in (self._known or ())
+
+    def _sync(self) -> None:
+        """Read the keys written since the last top-up (all of them the first time)."""
+        with self._lock:
+            since = self._seen_until - 5.0  # other processes' clocks and in-flight commits
+            self._synced_at = time.monotonic()
+        query = select(llm_cache.c.key, llm_cache.c.created_at)
+        if self._known is not None:
+            query = query.where(llm_cache.c.created_at >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        with self._lock:
+            known = self._known if self._known is not None else set()
+            known.update(_short(k) for k, _ in rows)
+            self._seen_until = max([self._seen_until, *(c for _, c in rows)])
+            self._known = known
 
     def put(self, key: str, content: str, tokens: list[Token] | None, prompt_tokens: int, completion_tokens: int) -> None:
         answer = {
@@ -98,11 +142,12 @@ class ResponseCache:
             return 0
         now = time.time()
         with write(self.engine) as conn:
-            for key, text in pending.items():
-                insert_ignore(conn, llm_cache, {"key": key, "answer": text, "created_at": now})
+            insert_ignore_many(conn, llm_cache, [{"key": k, "answer": t, "created_at": now} for k, t in pending.items()])
         with self._lock:
             for key in pending:
                 self._pending.pop(key, None)
+                if self._known is not None:
+                    self._known.add(_short(key))
         before, self._writes = self._writes, self._writes + len(pending)
         if before // 500 != self._writes // 500:
             self.trim()

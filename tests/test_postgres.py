@@ -56,3 +56,20 @@ def test_two_replicas_share_one_store(pg_app) -> None:
     for client in (a, b):
         examples = flows.live(client)
         assert examples[1]["result"][0]["value"]["choices"] == ["neutral"]
+
+
+def test_response_cache_shared_by_two_replicas(pg_url) -> None:
+    from backend.response_cache import ResponseCache
+
+    one, two = make_engine(pg_url), make_engine(pg_url)
+    migrate(one)
+    first, second = ResponseCache(one), ResponseCache(two, sync_seconds=0)
+    first.put("a" * 64, "x", None, 3, 2)
+    first.put("a" * 64, "x", None, 3, 2)
+    assert first.flush() == 1
+    first.put("a" * 64, "changed", None, 1, 1)  # a key is written once: the first answer stays
+    first.flush()
+    assert second.get("a" * 64) == {"content": "x", "tokens": None, "prompt_tokens": 3, "completion_tokens": 2}
+    assert second.get("b" * 64) is None
+    one.dispose()
+    two.dispose()

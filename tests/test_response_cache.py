@@ -86,7 +86,7 @@ def test_answers_are_written_behind_seen_at_once_here_and_soon_elsewhere(tmp_pat
     engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}")
     migrate(engine)
     here = ResponseCache(engine, batch=3, linger=0.3)
-    elsewhere = ResponseCache(make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}"))  # another worker
+    elsewhere = ResponseCache(make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}"), sync_seconds=0)  # another worker
     here.put("a", "answer a", None, 5, 2)
     assert here.get("a")["prompt_tokens"] == 5  # pending, yet visible in this process
     assert elsewhere.get("a") is None
@@ -96,3 +96,23 @@ def test_answers_are_written_behind_seen_at_once_here_and_soon_elsewhere(tmp_pat
     here.put("c", "c", None, 1, 1)
     here.put("d", "d", None, 1, 1)  # a full batch is written at once, without waiting
     assert elsewhere.get("d")["content"] == "d" and elsewhere.get("b")["content"] == "b"
+
+
+def test_a_certain_miss_costs_no_query(tmp_path) -> None:
+    from sqlalchemy import event
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    migrate(engine)
+    writer = ResponseCache(engine)
+    writer.put("f" * 64, "stored", None, 1, 1)
+    writer.flush()
+    reader = ResponseCache(make_engine(f"sqlite:///{tmp_path / 'c.sqlite3'}"), sync_seconds=60)
+    queries: list[str] = []
+    event.listen(reader.engine, "before_cursor_execute", lambda *a: queries.append(a[2]) if a[2].lstrip().upper().startswith("SELECT") else None)
+    assert reader.get("0" * 64) is None  # first use reads the key set: one query
+    assert len(queries) == 1
+    for i in range(100):
+        assert reader.get(f"{i:064x}") is None
+    assert len(queries) == 1  # known misses: no query at all
+    assert reader.get("f" * 64)["content"] == "stored"  # a known key is fetched
+    assert len(queries) == 2
