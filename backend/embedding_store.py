@@ -54,8 +54,8 @@ class EmbeddingStore:
         return out
 
     def save(self, project_id: str, model: str, rows: Sequence[tuple[int, str, np.ndarray]]) -> None:
-        """Store (annotation id, text hash, vector) rows; a row for a changed text replaces the old one,
-        a row another worker stored meanwhile for the same text is left as it is."""
+        """Store (annotation id, text hash, vector) rows, replacing what was stored for those examples
+        (a changed text, or a redeployed model answering another length)."""
         if not rows:
             return
         t = example_embeddings.c
@@ -64,10 +64,7 @@ class EmbeddingStore:
             for annotation_id, digest, vector in rows:
                 key = and_(t.project_id == project_id, t.annotation_id == annotation_id, t.model == model)
                 conn.execute(
-                    example_embeddings.update()
-                    .where(key)
-                    .where(t.text_hash != digest)
-                    .values(text_hash=digest, vector=pack(vector), created_at=now)
+                    example_embeddings.update().where(key).values(text_hash=digest, vector=pack(vector), created_at=now)
                 )
                 insert_ignore(
                     conn,

@@ -52,6 +52,14 @@ class ProjectVectors:
                 out.append((annotation_id, text, digest))
         return out
 
+    def reset_unless(self, dims: int) -> None:
+        """Forget every vector when the model now answers with another length (a redeployed model)."""
+        if self.vectors and next(iter(self.vectors.values())).shape[0] != dims:
+            self.vectors.clear()
+            self.hashes.clear()
+            self.seq = -1
+            self._matrix = None
+
     def add(self, annotation_id: int, digest: str, vector: np.ndarray) -> None:
         self.vectors[annotation_id] = vector
         self.hashes[annotation_id] = digest
@@ -88,7 +96,8 @@ class VectorSource:
         if project_id is not None and index.entries:
             project = self._project(project_id)
             with project.lock:
-                self._sync(project_id, project, index)
+                project.reset_unless(query.shape[0])
+                self._sync(project_id, project, index, query.shape[0])
                 hits = project.search(query, pool_size(k))
                 vectors = {a: project.vectors[a] for _, a in hits}
 
@@ -101,7 +110,8 @@ class VectorSource:
         """Label value -> cosine of the task with the label's text (value, alias, description)."""
         texts = {label.value: label_text(label) for label in control.labels}
         with self._lock:
-            missing = sorted({t for t in texts.values() if t not in self._labels})
+            known = {t for t, v in self._labels.items() if v.shape == query.shape}
+            missing = sorted(set(texts.values()) - known)
         if missing:
             for t, vector in zip(missing, self.embedder.embed(missing)):
                 with self._lock:
@@ -113,9 +123,9 @@ class VectorSource:
         with self._lock:
             return self._projects.setdefault(project_id, ProjectVectors())
 
-    def _sync(self, project_id: str, project: ProjectVectors, index: LexicalIndex) -> None:
-        """Give every live example a vector: from memory, else the store, else the embedder (then
-        stored). Raises EmbeddingsUnavailable; what was embedded before a failure is kept."""
+    def _sync(self, project_id: str, project: ProjectVectors, index: LexicalIndex, dims: int) -> None:
+        """Give every live example a vector of length `dims`: from memory, else the store, else the
+        embedder (then stored). Raises EmbeddingsUnavailable; what was embedded before a failure is kept."""
         if project.seq == index.seq:
             return
         seq = index.seq
@@ -128,7 +138,7 @@ class VectorSource:
                 stored = {}
             for annotation_id, _, digest in stale:
                 found = stored.get(annotation_id)
-                if found is not None and found[0] == digest:
+                if found is not None and found[0] == digest and found[1].shape[0] == dims:
                     project.add(annotation_id, digest, found[1])
             stale = [s for s in stale if project.hashes.get(s[0]) != s[2]]
         size = self.embedder.batch_size

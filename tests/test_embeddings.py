@@ -117,6 +117,28 @@ def test_example_embeddings_are_computed_once_and_stored(make_app, provider) -> 
     assert len(embedded_texts(provider)[before:]) == 4  # keyed by model: another model embeds anew
 
 
+def test_a_model_answering_another_length_is_embedded_anew(make_app, provider) -> None:
+    """A redeployed model under the same name (other vector length): the running worker and a restarted
+    one both re-embed instead of failing, and the store ends with the new vectors."""
+    reviewed = [(2151, "the battery died after an hour", "negative"), (2152, "great screen", "positive")]
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = make_app(few_shot_k=1, selection_refresh_seconds=0, embeddings_model="emb-1")
+    post_examples(app, SENT, reviewed)
+    predict(app, SENT, 1, "battery died")
+    provider.embed = lambda text_: hashed_bag_of_words(text_, dims=64)
+    before = len(embedded_texts(provider))
+    predict(app, SENT, 2, "screen is great")
+    assert shots(provider.requests[-1]) == [reviewed[1][1]]
+    assert sorted(embedded_texts(provider)[before:]) == sorted(["screen is great"] + [r[1] for r in reviewed])
+    restarted = make_app(few_shot_k=1, selection_refresh_seconds=0, embeddings_model="emb-1")
+    before = len(embedded_texts(provider))
+    predict(restarted, SENT, 3, "the battery")
+    assert shots(provider.requests[-1]) == [reviewed[0][1]]
+    assert embedded_texts(provider)[before:] == ["the battery"]  # the store already holds the new vectors
+    store = EmbeddingStore(make_engine(app.extensions["lsllm_model"].settings.resolved_database_url()))
+    assert {v.shape for _, v in store.load("7", "emb-1", [2151, 2152]).values()} == {(64,)}
+
+
 def test_outage_falls_back_to_lexical_with_one_warning(make_app, provider, caplog) -> None:
     reviewed = [(2201, "the battery life of this phone is terrible", "negative"),
                 (2202, "what a wonderful sunny day at the beach", "positive")]
