@@ -48,6 +48,13 @@ def provider(settings: Settings) -> Iterator[Settings]:
         server.stop()
 
 
+def _close_worker_model(server: Any, worker: Any) -> None:
+    """gunicorn's worker_exit hook, in the worker: write what is pending (response cache) and stop."""
+    model = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("lsllm_model")
+    if model is not None:
+        model.close()
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -74,6 +81,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 # connection per call anyway, so close after each response.
                 self.cfg.set("keepalive", 0)
                 self.cfg.set("loglevel", ready.log_level.lower())
+                self.cfg.set("worker_exit", _close_worker_model)
                 self.cfg.set("accesslog", None)
 
             def load(self) -> Any:

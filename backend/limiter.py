@@ -39,6 +39,7 @@ class AdaptiveLimiter:
                     return True
                 if deadline is not None:
                     if now >= deadline:
+                        self._wake()  # a wake-up this thread took must not be lost to the others
                         return False
                     wait_for = min(wait_for if wait_for > 0 else deadline - now, deadline - now)
                 self._cond.wait(wait_for if wait_for > 0 else None)
@@ -50,7 +51,7 @@ class AdaptiveLimiter:
             if self._successes >= self.limit and self.limit < self.maximum:
                 self.limit += 1
                 self._successes = 0
-            self._cond.notify_all()
+            self._wake()
 
     def throttled(self, retry_after: float | None = None) -> None:
         """The provider refused this call with 429 (the slot is released)."""
@@ -61,10 +62,17 @@ class AdaptiveLimiter:
             self._successes = 0
             if retry_after is not None and retry_after > 1.0:
                 self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
-            self._cond.notify_all()
+            self._wake()
 
     def failed(self) -> None:
         """Any other outcome: the slot is released, the limit is left alone."""
         with self._cond:
             self.in_flight -= 1
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake as many waiters as there are free slots (not all of them: with 32 threads waiting
+        for 16 slots, waking all on every release cost measurable CPU)."""
+        free = self.limit - self.in_flight
+        if free > 0:
+            self._cond.notify(free)

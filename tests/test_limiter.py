@@ -80,3 +80,27 @@ def test_client_settles_under_the_provider_cap_and_loses_no_call(tmp_path) -> No
         assert provider.rejected_429 == outcomes.count("throttled") > 0
         assert provider.rejected_429 < 60, provider.rejected_429
         assert 3 <= llm.limiter.limit <= 6 and llm.limiter.in_flight == 0
+
+
+def test_no_waiter_is_left_behind_under_timeouts_and_throttles() -> None:
+    """40 threads with short timeouts, random throttles and failures: none hangs, nothing leaks."""
+    import random
+
+    limiter = AdaptiveLimiter(4)
+    rng = random.Random(7)
+    plans = [[(rng.random() * 0.01, rng.choice("ssstf")) for _ in range(50)] for _ in range(40)]
+
+    def worker(plan: list[tuple[float, str]]) -> None:
+        for timeout, outcome in plan:
+            if not limiter.acquire(timeout=timeout if outcome != "s" else None):
+                continue
+            time.sleep(0.0005)
+            {"s": limiter.succeeded, "t": limiter.throttled, "f": limiter.failed}[outcome]()
+
+    threads = [threading.Thread(target=worker, args=(plan,)) for plan in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert limiter.in_flight == 0 and 1 <= limiter.limit <= 4
