@@ -209,15 +209,40 @@ def _as_int(value: bool | None) -> int | None:
 
 
 class EventWorker:
-    """A background thread in each worker process that applies pending events."""
+    """A background thread in each worker process that applies pending events.
 
-    def __init__(self, learner: Learner, interval: float = 0.2, batch: int = 20) -> None:
+    It gives way to intake: while webhooks keep arriving in this process (less than `quiet` seconds
+    apart) it applies nothing, for at most `max_lag` seconds of continuous traffic. Applying an event
+    costs about twice the CPU of taking it in and holds the store's write lock, which /webhook needs
+    too; under a burst from 8 senders on 2 cores that put /webhook's p99 at 100-240 ms (measured). A
+    burst is applied right after it; a review team's steady trickle is applied at once. Batches are
+    small (5 events) so the write lock is never held long.
+    """
+
+    def __init__(
+        self, learner: Learner, interval: float = 0.2, batch: int = 5, quiet: float = 0.1, max_lag: float = 5.0
+    ) -> None:
         self.learner = learner
         self.interval = interval
         self.batch = batch
+        self.quiet = quiet
+        self.max_lag = max_lag
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_intake = float("-inf")
+        self._busy_since = float("-inf")
+
+    def note_intake(self) -> None:
+        """A webhook event was just stored by this process."""
+        now = time.monotonic()
+        if now - self._last_intake > self.quiet:
+            self._busy_since = now
+        self._last_intake = now
+
+    def giving_way(self) -> bool:
+        now = time.monotonic()
+        return now - self._last_intake < self.quiet and now - self._busy_since < self.max_lag
 
     def start(self) -> None:
         if self._thread is None:
@@ -231,10 +256,13 @@ class EventWorker:
         self._stop.set()
         self._wake.set()
 
-    def apply_pending(self) -> int:
-        """Apply every event this worker can lease now; returns how many it applied."""
+    def apply_pending(self, give_way: bool = False) -> int:
+        """Apply every event this worker can lease now (with `give_way`, stop while intake is busy);
+        returns how many it applied."""
         done = 0
         while True:
+            if give_way and self.giving_way():
+                return done
             pending = self.learner.store.claim(self.batch)
             if not pending:
                 return done
@@ -255,9 +283,9 @@ class EventWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.apply_pending()
+                self.apply_pending(give_way=True)
             except Exception:  # database outage: keep the thread alive and try again later
                 log.exception("event worker: cannot read the event table")
                 self._stop.wait(2.0)
-            self._wake.wait(self.interval)
+            self._wake.wait(min(self.interval, self.quiet) if self.giving_way() else self.interval)
             self._wake.clear()

@@ -106,7 +106,7 @@ def start_server(port: int, data_dir: str, workers: int, extra_env: dict[str, st
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers), "--threads", "8"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(Path(data_dir) / "server.log").open("wb"),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -118,7 +118,7 @@ def start_server(port: int, data_dir: str, workers: int, extra_env: dict[str, st
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("backend did not start: " + (proc.stderr.read().decode()[-2000:] if proc.stderr else ""))
+    raise RuntimeError("backend did not start: " + (Path(data_dir) / "server.log").read_text(errors="replace")[-2000:])
 
 
 def worker_pids(master: int) -> list[int]:
