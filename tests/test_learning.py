@@ -379,3 +379,34 @@ def test_examples_export_cli(make_app, tmp_path) -> None:
     tasks = json.loads(out.read_text())
     assert [t["data"] for t in tasks] == [{"text": "lovely"}]
     assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["positive"]
+
+
+def _burst(client, start: int, n: int, gap: float) -> None:
+    for i in range(n):
+        event = annotation_event("ANNOTATION_CREATED", SENT, start + i, start + i, f"burst {start + i}",
+                                 [choice("positive")], T0 + i)
+        assert post(client, event).status_code == 200
+        time.sleep(gap)
+
+
+def test_worker_gives_way_to_a_burst_then_catches_up(make_app) -> None:
+    app = make_app()
+    worker = app.extensions["lsllm_model"].worker
+    worker.quiet, worker.max_lag = 0.3, 30.0
+    client = app.test_client()
+    _burst(client, 500, 30, 0.01)
+    assert worker.learner.store.pending_count() == 30  # nothing applied while the webhooks kept coming
+    deadline = time.monotonic() + 5
+    while worker.learner.store.pending_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.learner.store.pending_count() == 0
+    assert set(live(client)) == set(range(500, 530))
+
+
+def test_worker_applies_during_traffic_longer_than_max_lag(make_app) -> None:
+    app = make_app()
+    worker = app.extensions["lsllm_model"].worker
+    worker.quiet, worker.max_lag = 0.3, 0.3
+    client = app.test_client()
+    _burst(client, 600, 60, 0.02)  # about 1.5 s of continuous traffic
+    assert worker.learner.store.pending_count() < 50
