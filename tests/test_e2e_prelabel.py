@@ -185,3 +185,20 @@ def test_plan_for_a_project_measures_tokens_from_usage(label_studio, counting, t
     usage = [sum(len(m["content"]) for m in body["messages"]) // 4 for body in counting.server.requests[-3:]]
     assert abs(per_task - sum(usage) / 3) <= 2, (per_task, usage)
     assert re.search(r"cost\s+\$\d", out) and "at concurrency 8" in out
+
+
+def test_view_limits_the_run_to_a_data_manager_tab(label_studio, counting, tmp_path) -> None:
+    ls = label_studio
+    project = create_project(ls, 30)
+    ids = sorted(t["id"] for t in all_tasks(ls, project))
+    chosen = ids[:8]
+    view = ls.api("POST", "/api/dm/views", json={"project": project, "data": {"filters": {
+        "conjunction": "and",
+        "items": [{"filter": "filter:tasks:id", "operator": "less_or_equal", "type": "Number", "value": chosen[-1]}],
+    }}})
+    assert view.status_code == 201, view.text
+    proc = prelabel(ls, project, env_for(counting, tmp_path / "data"), "--view", str(view.json()["id"]))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    predicted = sorted(t["id"] for t in all_tasks(ls, project) if t["predictions"])
+    assert predicted == chosen

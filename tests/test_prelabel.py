@@ -160,3 +160,46 @@ def test_prices_match_by_longest_prefix_and_unknown_stays_unknown() -> None:
     assert table.cost("gpt-4o-2024-08-06", 1_000_000, 0) == pytest.approx(2.5)
     assert table.cost("my-model", 500_000, 500_000) == pytest.approx(1.5)
     assert table.cost("mystery-7b", 10, 10) is None
+
+
+def test_plan_for_files_measures_tokens_and_latency(tmp_path, monkeypatch, capsys) -> None:
+    from backend.cli import main
+
+    tasks_file = tmp_path / "tasks.json"
+    tasks_file.write_text(json.dumps([{"text": f"review number {i}"} for i in range(200)]))
+    config_file = tmp_path / "config.xml"
+    config_file.write_text(SENTIMENT)
+    with ScriptedProvider(answer, latency=0.2) as provider:
+        for key, value in {"LLM_BASE_URL": provider.base_url, "LLM_API_KEY": "sk-x", "LLM_MODEL": "gpt-4o-mini",
+                           "DATA_DIR": str(tmp_path / "data")}.items():
+            monkeypatch.setenv(key, value)
+        code = main(["plan", "--config", str(config_file), "--tasks", str(tasks_file), "--sample", "20",
+                     "--calls", "2", "--concurrency", "10"])
+        usage = [sum(len(m["content"]) for m in body["messages"]) // 4 for body in provider.requests]
+    out = capsys.readouterr().out
+    assert code == 0 and len(usage) == 2
+    assert "200 (prompts rendered for 20)" in out and "measured on 2 calls" in out
+    # gpt-4o-mini at $0.15 / $0.60 per million tokens, from the provider's own usage
+    per_task = float(out.split("prompt tokens")[1].split("per task")[0].strip().replace(",", ""))
+    assert abs(per_task - sum(usage) / 2) <= 2
+    seconds = float(out.split("s per call")[0].rsplit("(", 1)[1])
+    assert 0.2 <= seconds < 0.6
+    assert f"{200 * seconds / 10:.0f} s at concurrency 10" in out  # every task, C calls at a time
+    completion = int(out.split("completion tokens")[1].split("per task")[0].strip())
+    expected = (200 * per_task * 0.15 + 200 * completion * 0.60) / 1e6
+    cost = float(out.split("cost")[1].split("$")[1].split()[0])
+    assert abs(cost - expected) <= 0.00006, (cost, expected)
+
+
+def test_plan_without_calls_leaves_completion_and_time_unknown(tmp_path, monkeypatch, capsys) -> None:
+    from backend.cli import main
+
+    tasks_file = tmp_path / "tasks.json"
+    tasks_file.write_text(json.dumps([{"text": "a short review"}] * 10))
+    config_file = tmp_path / "config.xml"
+    config_file.write_text(SENTIMENT)
+    monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # never called
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert main(["plan", "--config", str(config_file), "--tasks", str(tasks_file), "--calls", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed 4 chars/token" in out and out.count("unknown (use --calls)") == 2
