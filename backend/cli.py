@@ -123,6 +123,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     config, wrapped = files
     if args.concurrency:
         settings = settings.model_copy(update={"llm_max_concurrency": args.concurrency})
+    if args.tasks_per_call:
+        settings = settings.model_copy(update={"llm_tasks_per_call": args.tasks_per_call})
     if args.no_cache:
         settings = settings.model_copy(update={"llm_cache": False})
     with provider(settings) as ready:
@@ -192,6 +194,8 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     if prices is None:
         return 2
     update: dict[str, Any] = {"llm_max_concurrency": args.concurrency or settings.llm_max_concurrency}
+    if args.tasks_per_call:
+        update["llm_tasks_per_call"] = args.tasks_per_call
     if args.no_cache:
         update["llm_cache"] = False
     settings = settings.model_copy(update=update)
@@ -341,6 +345,7 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--extra", help="extra_params as JSON (instructions, label_descriptions, model)")
     pred.add_argument("--concurrency", type=int, help="override LLM_MAX_CONCURRENCY")
     pred.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    pred.add_argument("--tasks-per-call", type=int, help="classification tasks per LLM call (default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
     pred.add_argument("--deadline", type=float, default=24 * 3600.0, help="seconds for the whole file")
     pred.set_defaults(func=cmd_predict)
     pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and push the predictions")
@@ -352,6 +357,7 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--max-failures", type=int, default=20, help="stop after this many provider failures in a row")
     pre.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
     pre.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    pre.add_argument("--tasks-per-call", type=int, help="classification tasks per LLM call (default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     pre.set_defaults(func=cmd_prelabel)
     plan = sub.add_parser("plan", help="estimate tokens, cost and time of a run before starting it")

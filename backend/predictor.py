@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -21,6 +21,7 @@ from backend.llm_client import CallOptions, LLMClient, LLMError
 from backend.metrics import Metrics
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import TokenProbs
+from converters.group import group_schema, groupable, split_group_answer
 from converters.output_schema import output_json_schema
 from converters.parse import UnparsableAnswer, parse_answer
 from converters.regions import Prediction, answer_to_prediction, check_prediction
@@ -28,6 +29,8 @@ from converters.task_spec import TaskSpec, build_task_spec
 from prompts import PromptRenderer, TaskContext
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # What a task's prompt is made of: (project id, spec, task texts) -> the spec for this task (narrowed to
 # a label shortlist when the label set is large) and its few-shot examples, most similar last.
@@ -159,29 +162,15 @@ class Predictor:
             self.metrics.tasks.labels("bad_task").inc()
             log.warning("task %s: %s", task_id, exc)
             return TaskResult([], error=str(exc), reason="bad_task")
-        timeout = self.settings.llm_timeout
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-            if timeout <= 0.2:
-                self.metrics.tasks.labels("deadline").inc()
-                return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
+        if deadline is not None and deadline - time.monotonic() <= 0.2:
+            self.metrics.tasks.labels("deadline").inc()
+            return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         prompt = self.prompt(plan, texts, project_id)
         messages = prompt.messages
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("task %s prompt: %s", task_id, json.dumps(messages, ensure_ascii=False))
-        options = CallOptions(
-            model=plan.model,
-            temperature=plan.temperature,
-            max_tokens=self.settings.llm_max_tokens,
-            timeout=timeout,
-            deadline=deadline,
-        )
-        try:
-            answer = self.llm.complete(messages, prompt.schema, options)
-        except LLMError as exc:
-            self.metrics.tasks.labels(f"llm_{exc.kind}").inc()
-            log.warning("task %s: %s", task_id, exc)
-            return TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
+        answer, failure = self._complete(plan, messages, prompt.schema, deadline, f"task {task_id}")
+        if answer is None:
+            self.metrics.tasks.labels(failure.reason).inc()
+            return failure
         try:
             parsed = parse_answer(answer.content)
         except UnparsableAnswer as exc:
@@ -205,6 +194,109 @@ class Predictor:
             cached=answer.cached,
         )
 
+    # --- several tasks in one call ------------------------------------------------------------
+    def group_size(self, plan: ProjectPlan) -> int:
+        """Tasks per LLM call for this plan: LLM_TASKS_PER_CALL when every control is a <Choices> that
+        is not shortlisted (a shortlist is per task), else 1."""
+        k = self.settings.llm_tasks_per_call
+        threshold = self.settings.label_shortlist_threshold
+        if k <= 1 or not groupable(plan.spec):
+            return 1
+        if threshold and any(len(c.labels) > threshold for c in plan.spec.controls):
+            return 1
+        return k
+
+    def predict_group(
+        self,
+        plan: ProjectPlan,
+        tasks: Sequence[Mapping[str, Any]],
+        model_version: str,
+        deadline: float | None = None,
+        project_id: str | None = None,
+    ) -> list[TaskResult]:
+        """One result per task, in order, from one LLM call for all of them (converters.group). The
+        call's tokens are shared out evenly; the predictions carry no score (the answer's logprobs are
+        not split per item). A task the answer leaves out gets [] (reason group_incomplete)."""
+        results: list[TaskResult | None] = [None] * len(tasks)
+        valid: list[tuple[int, Mapping[str, Any], dict[str, str]]] = []
+        for i, task in enumerate(tasks):
+            try:
+                valid.append((i, task, task_texts(plan.spec, task)))
+            except ValueError as exc:
+                self.metrics.tasks.labels("bad_task").inc()
+                results[i] = TaskResult([], error=str(exc), reason="bad_task")
+        if len(valid) == 1:
+            i, task, _ = valid[0]
+            results[i] = self.predict_task(plan, task, model_version, deadline, project_id)
+        elif valid:
+            for (i, _, _), result in zip(valid, self._predict_valid_group(plan, valid, model_version, deadline,
+                                                                          project_id)):
+                results[i] = result
+        return [r if r is not None else TaskResult([], error="internal error", reason="error") for r in results]
+
+    def _predict_valid_group(
+        self,
+        plan: ProjectPlan,
+        valid: list[tuple[int, Mapping[str, Any], dict[str, str]]],
+        model_version: str,
+        deadline: float | None,
+        project_id: str | None,
+    ) -> list[TaskResult]:
+        n = len(valid)
+        mode = self.llm.response_mode
+        examples = self.context(project_id, plan.spec, valid[0][2]).examples
+        messages = self.renderer.group_messages(
+            plan.spec, [texts for _, _, texts in valid], examples,
+            show_format=mode is not ResponseFormat.json_schema,
+            include_schema=mode in (ResponseFormat.json_object, ResponseFormat.text),
+        )
+        answer, failure = self._complete(plan, messages, group_schema(plan.schema, n), deadline,
+                                         f"group of {n} (task {valid[0][1].get('id')}...)")
+        if answer is None:
+            self.metrics.tasks.labels(failure.reason).inc(n)
+            return [failure] * n
+        share_in, share_out = answer.prompt_tokens // n, answer.completion_tokens // n
+        try:
+            parts = split_group_answer(parse_answer(answer.content), n)
+        except UnparsableAnswer as exc:
+            self.metrics.tasks.labels("unparsable").inc(n)
+            return [TaskResult([], error=str(exc), reason="unparsable", prompt_tokens=share_in,
+                               completion_tokens=share_out, cached=answer.cached)] * n
+        out = []
+        for (_, task, _), part in zip(valid, parts):
+            if part is None:
+                self.metrics.tasks.labels("group_incomplete").inc()
+                out.append(TaskResult([], error="left out of the group's answer", reason="group_incomplete",
+                                      prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
+                continue
+            prediction = answer_to_prediction(plan.spec, task["data"], part, None)
+            for reason, count in prediction.dropped.items():
+                self.metrics.dropped_entities.labels(reason).inc(count)
+            item = self._validated(plan, task["data"], prediction, model_version, task.get("id"))
+            self.metrics.tasks.labels("ok").inc()
+            out.append(TaskResult(item, prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
+        return out
+
+    def _complete(
+        self, plan: ProjectPlan, messages: list[dict[str, str]], schema: dict[str, Any], deadline: float | None,
+        what: str,
+    ) -> tuple[Any, TaskResult | None]:
+        """(answer, None), or (None, the failed result) when the call failed for good."""
+        timeout = self.settings.llm_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0.2:
+                return None, TaskResult([], error="deadline reached before the LLM call", reason="deadline")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s prompt: %s", what, json.dumps(messages, ensure_ascii=False))
+        options = CallOptions(model=plan.model, temperature=plan.temperature, max_tokens=self.settings.llm_max_tokens,
+                              timeout=timeout, deadline=deadline)
+        try:
+            return self.llm.complete(messages, schema, options), None
+        except LLMError as exc:
+            log.warning("%s: %s", what, exc)
+            return None, TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
+
     def _validated(
         self, plan: ProjectPlan, data: Mapping[str, Any], prediction: Prediction, version: str, task_id: Any
     ) -> dict[str, Any]:
@@ -224,25 +316,43 @@ class Predictor:
         item["result"] = kept
         return item
 
+    def units(self, plan: ProjectPlan, items: Sequence[T]) -> list[list[T]]:
+        """Tasks (or their positions) cut into what one LLM call answers: groups of group_size(plan)."""
+        k = self.group_size(plan)
+        return [list(items[i:i + k]) for i in range(0, len(items), k)]
+
+    def predict_unit(
+        self,
+        plan: ProjectPlan,
+        unit: Sequence[Mapping[str, Any]],
+        model_version: str,
+        deadline: float | None = None,
+        project_id: str | None = None,
+    ) -> list[TaskResult]:
+        if len(unit) == 1:
+            return [self.predict_task(plan, unit[0], model_version, deadline, project_id)]
+        return self.predict_group(plan, unit, model_version, deadline, project_id)
+
     def submit(
-        self, plan: ProjectPlan, task: Mapping[str, Any], model_version: str, project_id: str | None = None
-    ) -> "Future[TaskResult]":
-        """predict_task on the shared pool, with no deadline."""
-        return self._pool.submit(self.predict_task, plan, task, model_version, None, project_id)
+        self, plan: ProjectPlan, unit: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
+    ) -> "Future[list[TaskResult]]":
+        """predict_unit on the shared pool, with no deadline."""
+        return self._pool.submit(self.predict_unit, plan, list(unit), model_version, None, project_id)
 
     # --- a stream ------------------------------------------------------------------------------
     def predict_stream(
         self, plan: ProjectPlan, tasks: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
     ) -> Iterator[tuple[Mapping[str, Any], TaskResult]]:
         """(task, result) pairs as they finish, all tasks in flight on the shared pool (no deadline)."""
-        futures = {self.submit(plan, task, model_version, project_id): task for task in tasks}
+        futures = {self.submit(plan, unit, model_version, project_id): unit for unit in self.units(plan, tasks)}
         for future in as_completed(futures):
-            task = futures[future]
+            unit = futures[future]
             try:
-                yield task, future.result()
+                yield from zip(unit, future.result())
             except Exception as exc:  # noqa: BLE001 - one task's bug must not end the stream
-                log.error("task %s failed unexpectedly: %r", task.get("id"), exc)
-                yield task, TaskResult([], error="internal error", reason="error")
+                log.error("tasks %s failed unexpectedly: %r", [t.get("id") for t in unit], exc)
+                for task in unit:
+                    yield task, TaskResult([], error="internal error", reason="error")
 
     # --- a batch -------------------------------------------------------------------------------
     def predict_tasks(
@@ -255,30 +365,33 @@ class Predictor:
     ) -> list[TaskResult]:
         """One result per task, in order; unfinished tasks at the deadline answer []."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.predict_deadline)
-        futures: list[Future | TaskResult] = []
-        for task in tasks:
-            if not isinstance(task, Mapping):
-                self.metrics.tasks.labels("bad_task").inc()
-                futures.append(TaskResult([], error="task is not an object", reason="bad_task"))
-                continue
-            futures.append(
-                self._pool.submit(self.predict_task, plan, task, model_version, deadline, project_id)
-            )
-        pending = [f for f in futures if isinstance(f, Future)]
-        wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-        results: list[TaskResult] = []
-        for future in futures:
-            if isinstance(future, TaskResult):
-                results.append(future)
-            elif future.done() and not future.cancelled() and future.exception() is None:
-                results.append(future.result())
+        results: list[TaskResult | None] = [None] * len(tasks)
+        valid = []
+        for i, task in enumerate(tasks):
+            if isinstance(task, Mapping):
+                valid.append(i)
             else:
-                if not future.done():
-                    future.cancel()
-                    self.metrics.tasks.labels("deadline").inc()
-                    results.append(TaskResult([], error="deadline reached", reason="deadline"))
-                else:
-                    log.error("task failed unexpectedly: %r", future.exception())
-                    self.metrics.tasks.labels("error").inc()
-                    results.append(TaskResult([], error="internal error", reason="error"))
-        return results
+                self.metrics.tasks.labels("bad_task").inc()
+                results[i] = TaskResult([], error="task is not an object", reason="bad_task")
+        units = self.units(plan, valid)  # units of positions
+        futures = [
+            self._pool.submit(self.predict_unit, plan, [tasks[i] for i in unit], model_version, deadline, project_id)
+            for unit in units
+        ]
+        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for unit, future in zip(units, futures):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                for i, result in zip(unit, future.result()):
+                    results[i] = result
+                continue
+            if not future.done():
+                future.cancel()
+                self.metrics.tasks.labels("deadline").inc(len(unit))
+                failed = TaskResult([], error="deadline reached", reason="deadline")
+            else:
+                log.error("tasks failed unexpectedly: %r", future.exception())
+                self.metrics.tasks.labels("error").inc(len(unit))
+                failed = TaskResult([], error="internal error", reason="error")
+            for i in unit:
+                results[i] = failed
+        return [r if r is not None else TaskResult([], error="internal error", reason="error") for r in results]

@@ -27,6 +27,7 @@ from backend.pricing import PriceTable, format_cost
 log = logging.getLogger(__name__)
 
 # failures that say the provider (not the task) is in trouble: they count toward the stop
+NO_CALL = {"bad_task", "deadline", "error"}  # outcomes that never reached the provider
 PROVIDER_FAILURES = {"llm_auth", "llm_rate_limit", "llm_timeout", "llm_server", "llm_connection", "llm_empty"}
 
 
@@ -41,7 +42,7 @@ class Progress(Protocol):
 @dataclass
 class PrelabelOptions:
     limit: int | None = None  # tasks to predict in this run (skipped ones do not count)
-    in_flight: int = 16  # tasks submitted and not yet finished
+    in_flight: int = 16  # LLM calls' worth of tasks submitted and not yet finished
     max_consecutive_failures: int = 20
     push_batch: int = 100
     push_backoff: float = 0.5  # seconds before the first retry of a failed push, doubling
@@ -118,7 +119,7 @@ class Prelabeler:
         self.stats = RunStats(version)
         self._lock = threading.Lock()
         self._done: queue.Queue[tuple[Mapping[str, Any], TaskResult]] = queue.Queue()
-        self._slots = threading.Semaphore(max(1, options.in_flight))
+        self._slots = threading.Semaphore(max(1, options.in_flight))  # resized per run to the call size
         self._in_flight = 0
         self._streak = 0
 
@@ -127,6 +128,9 @@ class Prelabeler:
         began = time.monotonic()
         pusher = BatchPusher(self.send, self._pushed, backoff=self.options.push_backoff)
         batch: Items = []
+        unit: list[Mapping[str, Any]] = []  # tasks for the next LLM call (several for grouped calls)
+        size = self.predictor.group_size(self.plan)
+        self._slots = threading.Semaphore(max(1, self.options.in_flight) * size)
         seen: set[int] = set()
         try:
             try:
@@ -147,12 +151,22 @@ class Prelabeler:
                         batch = self._collect(batch, pusher)
                     if self.stats.stopped:
                         self._slots.release()
+                        self.stats.seen -= 1
                         break
-                    self._submit(task)
+                    unit.append(task)
+                    if len(unit) >= size:
+                        self._submit(unit)
+                        unit = []
+                if unit and not self.stats.stopped:
+                    self._submit(unit)
+                    unit = []
             except KeyboardInterrupt:
                 self.stats.stopped = "interrupted"
                 log.warning("interrupted: finishing %d tasks in flight and pushing what is done "
                             "(Ctrl-C again to stop waiting)", self._in_flight)
+            for _ in unit:  # gathered but never sent: not this run's
+                self._slots.release()
+                self.stats.seen -= 1
             try:
                 while self._in_flight:
                     batch = self._collect(batch, pusher, wait=0.1)
@@ -170,19 +184,23 @@ class Prelabeler:
         limit = self.options.limit
         return limit is not None and self.stats.seen - self.stats.skipped >= limit
 
-    def _submit(self, task: Mapping[str, Any]) -> None:
+    def _submit(self, unit: list[Mapping[str, Any]]) -> None:
         with self._lock:
-            self._in_flight += 1
-        future = self.predictor.submit(self.plan, task, self.version, self.project_id)
+            self._in_flight += len(unit)
+        future = self.predictor.submit(self.plan, unit, self.version, self.project_id)
 
         def finished(f: Future) -> None:
             try:
-                result = f.result()
-            except Exception as exc:  # noqa: BLE001 - one task's bug must not end the run
-                log.error("task %s failed unexpectedly: %r", task.get("id"), exc)
-                result = TaskResult([], error="internal error", reason="error")
-            self._done.put((task, result))
-            self._slots.release()
+                results = f.result()
+            except Exception as exc:  # noqa: BLE001 - one unit's bug must not end the run
+                log.error("tasks %s failed unexpectedly: %r", [t.get("id") for t in unit], exc)
+                results = [TaskResult([], error="internal error", reason="error")] * len(unit)
+            if any(not r.cached and r.reason not in NO_CALL for r in results):
+                with self._lock:
+                    self.stats.llm_calls += 1  # one call answered the whole unit
+            for task, result in zip(unit, results):
+                self._done.put((task, result))
+                self._slots.release()
 
         future.add_done_callback(finished)
 
@@ -209,8 +227,7 @@ class Prelabeler:
         stats = self.stats
         if result.cached:
             stats.cache_hits += 1
-        elif result.reason not in ("bad_task", "deadline", "error"):
-            stats.llm_calls += 1
+        elif result.reason not in NO_CALL:
             stats.prompt_tokens += result.prompt_tokens
             stats.completion_tokens += result.completion_tokens
             cost = self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens)

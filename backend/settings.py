@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     llm_cache: bool = Field(default=True, validation_alias="LLM_CACHE")
     llm_cache_max_entries: int = Field(default=100_000, ge=1, validation_alias="LLM_CACHE_MAX_ENTRIES")
     llm_top_logprobs: int = Field(default=10, ge=0, le=20, validation_alias="LLM_TOP_LOGPROBS")
+    llm_tasks_per_call: int = Field(
+        default=1,
+        ge=1,
+        le=50,
+        validation_alias="LLM_TASKS_PER_CALL",
+        description="classification tasks answered by one LLM call (configs of <Choices> only; no scores)",
+    )
     llm_prices: str | None = Field(
         default=None,
         validation_alias="LLM_PRICES",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from scripted_provider import Reply, ScriptedProvider, last_user_text  # noqa: E402
+from scripted_provider import Reply, ScriptedProvider, group_items, last_user_text  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +33,12 @@ def main() -> None:
 
     def respond(body: dict) -> Reply:
         answered[0] += 1
-        label = answers.get(last_user_text(body), args.default)
-        return Reply(content=json.dumps({args.key: label}), logprob=-0.02)
+        text = last_user_text(body)
+        items = group_items(text)
+        if items:  # several tasks in one call (LLM_TASKS_PER_CALL)
+            return Reply(content=json.dumps({"items": [{"item": n, args.key: answers.get(t, args.default)}
+                                                       for n, t in items]}), logprob=-0.02)
+        return Reply(content=json.dumps({args.key: answers.get(text, args.default)}), logprob=-0.02)
 
     provider = ScriptedProvider(respond, latency=args.latency, max_concurrency=args.cap,
                                 retry_after=args.retry_after)

@@ -73,11 +73,11 @@ def load_tasks(path: Path, n: int) -> tuple[list[dict[str, Any]], dict[str, str]
     return tasks, answers, key
 
 
-def env_for(provider: Provider, data_dir: Path, concurrency: int, **extra: str) -> dict[str, str]:
+def env_for(provider: Provider, data_dir: Path, args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "DATABASE_URL", "PUSH_"))}
     env.update({"LLM_BASE_URL": provider.base_url, "LLM_API_KEY": "sk-bench", "LLM_MODEL": "gpt-4o-mini",
-                "LLM_MAX_CONCURRENCY": str(concurrency), "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING",
-                **extra})
+                "LLM_MAX_CONCURRENCY": str(args.concurrency), "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING",
+                "LLM_TASKS_PER_CALL": str(args.tasks_per_call), **extra})
     return env
 
 
@@ -102,7 +102,7 @@ def bench_predict(tasks, answers, key, config: Path, args, work: Path) -> dict[s
         try:
             wall, cpu, rss = run_cli(["predict", "--config", str(config), "--tasks", str(tasks_file), "--out",
                                       str(work / "out.json"), "--concurrency", str(args.concurrency)],
-                                     env_for(provider, data_dir, args.concurrency))
+                                     env_for(provider, data_dir, args))
         finally:
             counts = provider.finish()
         return wall, cpu, rss, counts
@@ -158,7 +158,7 @@ def bench_server(tasks, answers, key, config: Path, args, work: Path) -> dict[st
     for run in range(2):
         provider = Provider(args.latency, args.cap, answers_file, key)
         port = free_port()
-        env = env_for(provider, data_dir, args.concurrency, PUSH_THRESHOLD="0", PREDICT_DEADLINE="95")
+        env = env_for(provider, data_dir, args, PUSH_THRESHOLD="0", PREDICT_DEADLINE="95")
         serve = subprocess.Popen([str(BIN / "lsllm"), "serve", "--host", "127.0.0.1", "--port", str(port),
                                   "--workers", "2", "--threads", "8"], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
@@ -204,10 +204,11 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASETS / "sentiment_sst2_test.json")
     parser.add_argument("--config", type=Path, default=DATASETS / "sentiment_sst2_config.xml")
     parser.add_argument("--modes", default="predict,server")
+    parser.add_argument("--tasks-per-call", type=int, default=1, help="LLM_TASKS_PER_CALL of the backend")
     args = parser.parse_args()
     tasks, answers, key = load_tasks(args.dataset, args.n)
     print(f"N={args.n} L={args.latency}s C={args.cap} backend concurrency={args.concurrency} "
-          f"ideal {args.cap / args.latency:.1f} tasks/s; dataset {args.dataset.name}", flush=True)
+          f"tasks per call={args.tasks_per_call}; ideal at one task per call {args.cap / args.latency:.1f} tasks/s; dataset {args.dataset.name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="lsllm-bench-") as tmp:
         work = Path(tmp)
         for mode in args.modes.split(","):

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import jinja2
 
+from converters.group import group_example, group_schema
 from converters.output_schema import example_output, output_json_schema
 from converters.task_spec import TaskSpec
 
@@ -52,6 +53,7 @@ class PromptRenderer:
         try:
             self._system = self._env.get_template(f"annotate.{version}.system.jinja")
             self._user = self._env.get_template(f"annotate.{version}.user.jinja")
+            self._group = self._env.get_template(f"annotate.{version}.group.jinja")
         except (FileNotFoundError, jinja2.TemplateNotFound) as exc:
             raise ValueError(f"no prompt templates for version {version!r}") from exc
 
@@ -84,4 +86,28 @@ class PromptRenderer:
                 {"role": "assistant", "content": json.dumps(dict(example.answer), ensure_ascii=False)}
             )
         messages.append({"role": "user", "content": self.user(spec, texts)})
+        return messages
+
+    def group_messages(
+        self,
+        spec: TaskSpec,
+        texts: Sequence[Mapping[str, str]],
+        examples: Sequence[Example] = (),
+        show_format: bool = True,
+        include_schema: bool = False,
+    ) -> list[dict[str, str]]:
+        """Like `messages`, for several tasks answered in one call (converters.group): the numbered
+        task texts are the last message."""
+        messages = self.messages(spec, {}, examples, show_format=False, include_schema=False)[:-1]
+        if include_schema:
+            schema = group_schema(output_json_schema(spec), len(texts))
+            messages[0] = {"role": "system", "content": self.system(spec, False) + "\n\nJSON schema the answer "
+                           "must follow:\n" + json.dumps(schema, ensure_ascii=False)}
+        items = [(i + 1, [(name, t.get(name, "")) for name, _ in spec.objects]) for i, t in enumerate(texts)]
+        content = self._group.render(
+            items=items,
+            show_format=show_format,
+            example_json=json.dumps(group_example(example_output(spec), len(texts)), ensure_ascii=False),
+        ).strip("\n")
+        messages.append({"role": "user", "content": content})
         return messages

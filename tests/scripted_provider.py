@@ -68,6 +68,14 @@ def embeddings_payload(body: dict[str, Any], embed: Callable[[str], list[float]]
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
+_ITEM = re.compile(r"\[item (\d+)\]\n(.*?)(?=\n\n\[item \d+\]|\Z)", re.S)
+
+
+def group_items(text: str) -> list[tuple[int, str]]:
+    """The numbered task texts of a grouped request (prompts' group template), [] for a single task."""
+    return [(int(n), t.strip()) for n, t in _ITEM.findall(text)]
+
+
 def last_user_text(body: dict[str, Any]) -> str:
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
