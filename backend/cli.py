@@ -169,6 +169,24 @@ def _open_project(args: argparse.Namespace, settings: Settings, command: str) ->
         return 2
 
 
+def _extra_params(args: argparse.Namespace, client: Any = None, project: dict[str, Any] | None = None
+                  ) -> dict[str, Any] | None:
+    """--extra when given, else the Extra params of the project's ML backend connection (if a project is
+    given); None (after one line) for --extra that is not a JSON object."""
+    from backend.ls_api import backend_extra_params
+
+    if args.extra:
+        try:
+            extra = json.loads(args.extra)
+        except json.JSONDecodeError as exc:
+            extra = exc
+        if not isinstance(extra, dict):
+            print(f"lsllm {args.command}: --extra must be a JSON object", file=sys.stderr)
+            return None
+        return extra
+    return backend_extra_params(client, int(project["id"])) if project is not None else {}
+
+
 def _prices(settings: Settings, command: str) -> Any:
     from backend.pricing import PriceTable
 
@@ -193,6 +211,9 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     prices = _prices(settings, "prelabel")
     if prices is None:
         return 2
+    extra = _extra_params(args, client, project)
+    if extra is None:
+        return 2
     update: dict[str, Any] = {"llm_max_concurrency": args.concurrency or settings.llm_max_concurrency}
     if args.tasks_per_call:
         update["llm_tasks_per_call"] = args.tasks_per_call
@@ -204,7 +225,7 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
         model = build_model(ready)
         try:
             try:
-                plan = model.predictor.plan(project["label_config"], project.get("extra_params") or None)
+                plan = model.predictor.plan(project["label_config"], extra)
             except ValueError as exc:
                 print(f"lsllm prelabel: project {project_id}: {exc}", file=sys.stderr)
                 return 2
@@ -246,7 +267,6 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     if prices is None:
         return 2
     project_id = None
-    extra: Any = json.loads(args.extra) if args.extra else None
     if args.project is not None:
         opened = _open_project(args, settings, "plan")
         if isinstance(opened, int):
@@ -254,13 +274,18 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         client, project = opened
         project_id = str(project["id"])
         config = project["label_config"]
-        extra = project.get("extra_params") or extra
+        extra = _extra_params(args, client, project)
+        if extra is None:
+            return 2
         total, sample = next(iter_task_pages(client, int(project_id), max(1, args.sample)))
     elif args.config and args.tasks:
         files = _read_config_and_tasks(args, "plan")
         if isinstance(files, int):
             return files
         config, tasks = files
+        extra = _extra_params(args)
+        if extra is None:
+            return 2
         total = len(tasks)
         sample = random.Random(0).sample(tasks, min(args.sample, len(tasks)))
     else:
@@ -351,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and push the predictions")
     _project_args(pre)
     pre.add_argument("--view", type=int, help="only the tasks of this Data Manager view (tab id)")
+    pre.add_argument("--extra", help="extra_params as JSON (default: the project's ML backend Extra params)")
     pre.add_argument("--limit", type=int, help="predict at most this many tasks in this run")
     pre.add_argument("--concurrency", type=int, help="most LLM calls at once (default LLM_MAX_CONCURRENCY); "
                      "fewer while the provider answers 429")

@@ -55,6 +55,18 @@ def open_project(url: str, token: str, project_id: int, timeout: float = 30.0) -
     return client, project
 
 
+def backend_extra_params(client: LabelStudio, project_id: int) -> dict[str, Any]:
+    """The "Extra params" a project's ML backend connection holds (instructions, label_descriptions,
+    model...), so a prelabel run prompts as /predict does; {} when no connection, or several, have
+    any."""
+    try:
+        backends = client.ml.list(project=int(project_id))
+    except (ApiError, httpx.HTTPError):
+        return {}
+    found = [b.extra_params for b in backends if isinstance(getattr(b, "extra_params", None), dict) and b.extra_params]
+    return dict(found[0]) if len(found) == 1 else {}
+
+
 def iter_task_pages(
     client: LabelStudio, project_id: int, page_size: int = 100, view: int | None = None, fields: str = "all"
 ) -> Iterator[tuple[int, list[dict[str, Any]]]]:

@@ -202,3 +202,20 @@ def test_view_limits_the_run_to_a_data_manager_tab(label_studio, counting, tmp_p
     assert proc.returncode == 0, err
     predicted = sorted(t["id"] for t in all_tasks(ls, project) if t["predictions"])
     assert predicted == chosen
+
+
+def test_prelabel_prompts_with_the_ml_backend_extra_params(label_studio, counting, e2e_backend, tmp_path) -> None:
+    """The project's "Connect Model" Extra params (instructions...) reach prelabel's prompts, as they
+    reach /predict's."""
+    ls = label_studio
+    project = create_project(ls, 4)
+    connected = ls.api("POST", "/api/ml", json={
+        "url": e2e_backend.url, "project": project, "title": "lsllm", "is_interactive": False,
+        "auth_method": "NONE", "extra_params": {"instructions": "Reviews of kitchen appliances (XYZZY)."},
+    })
+    assert connected.status_code == 201, connected.text
+    proc = prelabel(ls, project, env_for(counting, tmp_path / "data"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    systems = [b["messages"][0]["content"] for b in counting.server.requests[-4:]]
+    assert all("Reviews of kitchen appliances (XYZZY)." in s for s in systems), systems[0]
