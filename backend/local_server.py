@@ -143,6 +143,9 @@ class LocalModelServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=child_environment(),
+            # its own session: Ctrl-C in a terminal reaches only lsllm, which finishes the calls in
+            # flight (prelabel) and then stops this server itself
+            start_new_session=True,
         )
         proc = self._proc
         threading.Thread(target=self._drain, args=(proc,), daemon=True).start()
