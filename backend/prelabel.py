@@ -76,13 +76,13 @@ class RunStats:
         return 0 if not self.failed_total and not self.not_pushed and not self.stopped else 1
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "-"
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items()))
         rate = self.predicted / self.seconds if self.seconds else 0.0
         lines = [
             f"model_version {self.model_version}",
             f"  done       {self.pushed:>8}  (predictions stored in Label Studio)",
             f"  skipped    {self.skipped:>8}  (already had a prediction of this version)",
-            f"  failed     {self.failed_total:>8}  ({reasons}; a re-run retries them)",
+            f"  failed     {self.failed_total:>8}" + (f"  ({reasons}; a re-run retries them)" if self.failed_total else ""),
         ]
         if self.not_pushed:
             lines.append(f"  not pushed {self.not_pushed:>8}  (Label Studio refused the push; a re-run retries them)")
