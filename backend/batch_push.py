@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 Items = list[dict[str, Any]]
 
 
+def prediction_item(task_id: int, prediction: dict[str, Any], model_version: str) -> dict[str, Any]:
+    """One entry of an import/predictions call for a task's prediction."""
+    return {"task": int(task_id), "result": prediction["result"], "score": prediction.get("score"),
+            "model_version": model_version}
+
+
 class BatchPusher:
     def __init__(
         self,

@@ -204,6 +204,9 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     from backend.ls_api import import_predictions, iter_task_pages
     from backend.prelabel import PrelabelOptions, Prelabeler
 
+    if args.batch and not settings.llm_base_url:
+        print("lsllm prelabel: --batch needs a provider with OpenAI's Batch API (set LLM_BASE_URL)", file=sys.stderr)
+        return 2
     opened = _open_project(args, settings, "prelabel")
     if isinstance(opened, int):
         return opened
@@ -241,6 +244,11 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
 
             bar = tqdm(total=total, unit="task", dynamic_ncols=True, file=sys.stderr,
                        disable=True if args.no_progress else None, mininterval=0.5)
+            if args.batch:
+                stats = _run_batches(args, ready, model, plan, version, project_id, client, prices, bar, tasks())
+                bar.close()
+                print("lsllm prelabel: " + stats.summary(), file=sys.stderr)
+                return stats.exit_code()
             options = PrelabelOptions(limit=args.limit, in_flight=ready.llm_max_concurrency * 2,
                                       max_consecutive_failures=args.max_failures)
             runner = Prelabeler(model.predictor, plan, version, project_id,
@@ -254,6 +262,25 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
             model.close()
     print("lsllm prelabel: " + stats.summary(), file=sys.stderr)
     return stats.exit_code()
+
+
+def _run_batches(args: argparse.Namespace, ready: Settings, model: Any, plan: Any, version: str, project_id: str,
+                 client: Any, prices: Any, bar: Any, tasks: Any) -> Any:
+    """prelabel --batch (backend.batch_api); a provider without the Batch API is one line, exit 1."""
+    import openai
+
+    from backend.batch_api import BatchOptions, BatchRun
+    from backend.ls_api import import_predictions
+
+    state = ready.data_dir / "batches" / f"project-{project_id}-{version}.json"
+    runner = BatchRun(model.predictor, plan, version, project_id,
+                      lambda items: import_predictions(client, int(project_id), items), prices,
+                      BatchOptions(state, poll_seconds=args.poll_seconds, limit=args.limit), bar)
+    try:
+        return runner.run(tasks)
+    except openai.APIError as exc:
+        runner.stats.stopped = f"the provider refused the Batch API ({type(exc).__name__})"
+        return runner.stats
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
@@ -385,6 +412,9 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     pre.add_argument("--tasks-per-call", type=int, help="classification tasks per LLM call (default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
+    pre.add_argument("--batch", action="store_true", help="use OpenAI's Batch API: half the price, within 24 h; "
+                     "re-run to collect batches an interrupted run left running")
+    pre.add_argument("--poll-seconds", type=float, default=60.0, help="how often --batch checks the batches")
     pre.set_defaults(func=cmd_prelabel)
     plan = sub.add_parser("plan", help="estimate tokens, cost and time of a run before starting it")
     _project_args(plan, required=False)

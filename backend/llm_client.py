@@ -127,27 +127,50 @@ class LLMClient:
         self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
     ) -> LLMAnswer:
         """Run one completion (or take it from the response cache); raise LLMError when it failed."""
-        key = None
-        if self.cache is not None:
-            params = {"temperature": options.temperature, "max_tokens": options.max_tokens,
-                      "logprobs": self.logprobs, "top_logprobs": self.settings.llm_top_logprobs,
-                      "extra": options.extra}
-            key = cache_key(options.model, messages, schema, self.mode.value, params)
-            try:
-                hit = self.cache.get(key)
-            except SQLAlchemyError:
-                hit = None  # the store is down: call the provider
-            if hit is not None:
-                self._on_call("cache_hit", None)
-                return LLMAnswer(hit["content"], hit["tokens"], hit["prompt_tokens"], hit["completion_tokens"],
-                                 options.model, 0.0, cached=True)
+        hit = self.cached(messages, schema, options)
+        if hit is not None:
+            self._on_call("cache_hit", None)
+            return hit
         answer = self._complete(messages, schema, options)
-        if key is not None and self.cache is not None:
-            try:
-                self.cache.put(key, answer.content, answer.tokens, answer.prompt_tokens, answer.completion_tokens)
-            except SQLAlchemyError:
-                log.warning("response cache unavailable: answer not cached")
+        self.remember(messages, schema, options, answer)
         return answer
+
+    def _cache_key(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions) -> str:
+        params = {"temperature": options.temperature, "max_tokens": options.max_tokens,
+                  "logprobs": self.logprobs, "top_logprobs": self.settings.llm_top_logprobs, "extra": options.extra}
+        return cache_key(options.model, messages, schema, self.mode.value, params)
+
+    def cached(
+        self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
+    ) -> LLMAnswer | None:
+        """The cached answer for this request, without calling the provider (None: not cached)."""
+        if self.cache is None:
+            return None
+        try:
+            hit = self.cache.get(self._cache_key(messages, schema, options))
+        except SQLAlchemyError:
+            return None
+        if hit is None:
+            return None
+        return LLMAnswer(hit["content"], hit["tokens"], hit["prompt_tokens"], hit["completion_tokens"],
+                         options.model, 0.0, cached=True)
+
+    def remember(
+        self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions, answer: LLMAnswer
+    ) -> None:
+        """Cache an answer obtained elsewhere (the Batch API) under the key complete() would use."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.put(self._cache_key(messages, schema, options), answer.content, answer.tokens,
+                           answer.prompt_tokens, answer.completion_tokens)
+        except SQLAlchemyError:
+            log.warning("response cache unavailable: answer not cached")
+
+    @property
+    def openai(self) -> OpenAI:
+        """The SDK client (files and batches for the Batch API)."""
+        return self._client
 
     def _complete(
         self, messages: Sequence[dict[str, str]], schema: dict[str, Any], options: CallOptions
@@ -241,15 +264,17 @@ class LLMClient:
         self._on_call(kind, None)
         return LLMError(kind, f"LLM call failed with HTTP {status}")
 
-    def _call(
+    def request_body(
         self,
         messages: Sequence[dict[str, str]],
         schema: dict[str, Any],
         options: CallOptions,
-        mode: ResponseFormat,
-        logprobs: bool,
-        timeout: float,
-    ) -> LLMAnswer:
+        mode: ResponseFormat | None = None,
+        logprobs: bool | None = None,
+    ) -> dict[str, Any]:
+        """The /chat/completions body for this request (current mode and logprobs unless given)."""
+        mode = self.mode if mode is None else mode
+        logprobs = self.logprobs if logprobs is None else logprobs
         kwargs: dict[str, Any] = {
             "model": options.model,
             "messages": list(messages),
@@ -264,6 +289,18 @@ class LLMClient:
             kwargs["top_logprobs"] = self.settings.llm_top_logprobs
         if options.extra:
             kwargs.update(options.extra)
+        return kwargs
+
+    def _call(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        options: CallOptions,
+        mode: ResponseFormat,
+        logprobs: bool,
+        timeout: float,
+    ) -> LLMAnswer:
+        kwargs = self.request_body(messages, schema, options, mode, logprobs)
         started = time.perf_counter()
         # The SDK's documented route for raw requests: same auth, base URL and error mapping as
         # chat.completions.create, without its recursive TypedDict transform of the request (which walks
@@ -275,25 +312,32 @@ class LLMClient:
         seconds = time.perf_counter() - started
         try:
             completion = response.json()
-            choices = completion.get("choices") or []
-        except (ValueError, AttributeError):
+        except ValueError:
+            completion = None
+        try:
+            answer = answer_from_completion(completion, options.model, seconds)
+        except LLMError:
             self._on_call("empty", None)
-            raise LLMError("empty", "the LLM server answered something that is not a completion") from None
-        if not choices or not isinstance(choices[0], dict):
-            self._on_call("empty", None)
-            raise LLMError("empty", "the LLM answered with no choices")
-        choice = choices[0]
-        content = (choice.get("message") or {}).get("content") or ""
-        answer = LLMAnswer(
-            content=content if isinstance(content, str) else json.dumps(content),
-            tokens=_tokens(choice.get("logprobs")),
-            prompt_tokens=_int(completion.get("usage"), "prompt_tokens"),
-            completion_tokens=_int(completion.get("usage"), "completion_tokens"),
-            model=str(completion.get("model") or options.model),
-            seconds=seconds,
-        )
+            raise
         self._on_call("ok", answer)
         return answer
+
+
+def answer_from_completion(completion: Any, model: str, seconds: float = 0.0) -> LLMAnswer:
+    """A chat completion (as JSON) -> LLMAnswer; LLMError("empty") when it holds no answer."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        raise LLMError("empty", "the LLM answered with no choices")
+    choice = choices[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    return LLMAnswer(
+        content=content if isinstance(content, str) else json.dumps(content),
+        tokens=_tokens(choice.get("logprobs")),
+        prompt_tokens=_int(completion.get("usage"), "prompt_tokens"),
+        completion_tokens=_int(completion.get("usage"), "completion_tokens"),
+        model=str(completion.get("model") or model),
+        seconds=seconds,
+    )
 
 
 def _tokens(logprobs: Any) -> list[Token] | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.llm_client import CallOptions, LLMClient, LLMError
+from backend.llm_client import CallOptions, LLMAnswer, LLMClient, LLMError
 from backend.metrics import Metrics
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import TokenProbs
@@ -166,11 +166,23 @@ class Predictor:
             self.metrics.tasks.labels("deadline").inc()
             return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         prompt = self.prompt(plan, texts, project_id)
-        messages = prompt.messages
-        answer, failure = self._complete(plan, messages, prompt.schema, deadline, f"task {task_id}")
+        answer, failure = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}")
         if answer is None:
             self.metrics.tasks.labels(failure.reason).inc()
             return failure
+        return self.finish(plan, task, prompt, answer, model_version)
+
+    def call_options(self, plan: ProjectPlan, timeout: float | None = None, deadline: float | None = None) -> CallOptions:
+        return CallOptions(model=plan.model, temperature=plan.temperature, max_tokens=self.settings.llm_max_tokens,
+                           timeout=timeout, deadline=deadline)
+
+    def finish(
+        self, plan: ProjectPlan, task: Mapping[str, Any], prompt: TaskPrompt, answer: LLMAnswer, model_version: str
+    ) -> TaskResult:
+        """A task's answer -> its validated prediction: parse, align, score, validate (also for answers
+        that came from the Batch API)."""
+        task_id = task.get("id")
+        messages = prompt.messages
         try:
             parsed = parse_answer(answer.content)
         except UnparsableAnswer as exc:
@@ -289,10 +301,8 @@ class Predictor:
                 return None, TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s prompt: %s", what, json.dumps(messages, ensure_ascii=False))
-        options = CallOptions(model=plan.model, temperature=plan.temperature, max_tokens=self.settings.llm_max_tokens,
-                              timeout=timeout, deadline=deadline)
         try:
-            return self.llm.complete(messages, schema, options), None
+            return self.llm.complete(messages, schema, self.call_options(plan, timeout, deadline)), None
         except LLMError as exc:
             log.warning("%s: %s", what, exc)
             return None, TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)

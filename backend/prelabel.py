@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from backend.batch_push import BatchPusher, Items
+from backend.batch_push import BatchPusher, Items, prediction_item
 from backend.ls_api import prediction_versions
 from backend.predictor import Predictor, ProjectPlan, TaskResult
 from backend.pricing import PriceTable, format_cost
@@ -66,6 +66,17 @@ class RunStats:
     stopped: str | None = None  # why the run ended early: interrupted, provider failures, credentials
     seconds: float = 0.0
 
+    def add_cost(self, cost: float | None) -> None:
+        """Add a call's cost; one unpriced call makes the total unknown."""
+        self.cost = None if cost is None or self.cost is None else self.cost + cost
+
+    def pushed_batch(self, items: Items, delivered: bool) -> None:
+        """BatchPusher's report of one import/predictions call."""
+        if delivered:
+            self.pushed += len(items)
+        else:
+            self.not_pushed += len(items)
+
     @property
     def failed_total(self) -> int:
         return sum(self.failed.values())
@@ -96,7 +107,11 @@ class RunStats:
         return "\n".join(lines)
 
 
-class Prelabeler:
+class RunBase:
+    """What every prelabel run needs: the predictor and plan, the version it writes, where predictions
+    go (`send`: one import/predictions call), the prices, its options, the progress display, and its
+    counts."""
+
     def __init__(
         self,
         predictor: Predictor,
@@ -105,7 +120,7 @@ class Prelabeler:
         project_id: str,
         send: Callable[[Items], None],
         prices: PriceTable,
-        options: PrelabelOptions,
+        options: Any,
         progress: Progress | None = None,
     ) -> None:
         self.predictor = predictor
@@ -117,9 +132,19 @@ class Prelabeler:
         self.options = options
         self.progress = progress
         self.stats = RunStats(version)
+        self.setup()
+
+    def setup(self) -> None:
+        """Per-kind state, after the common fields are set."""
+
+
+class Prelabeler(RunBase):
+    options: PrelabelOptions
+
+    def setup(self) -> None:
         self._lock = threading.Lock()
         self._done: queue.Queue[tuple[Mapping[str, Any], TaskResult]] = queue.Queue()
-        self._slots = threading.Semaphore(max(1, options.in_flight))  # resized per run to the call size
+        self._slots = threading.Semaphore(1)  # sized per run: in_flight calls' worth of tasks
         self._in_flight = 0
         self._streak = 0
 
@@ -216,8 +241,7 @@ class Prelabeler:
                 self._in_flight -= 1
             self._account(result)
             if result.item:
-                batch.append({"task": int(task["id"]), "result": result.item["result"],
-                              "score": result.item.get("score"), "model_version": self.version})
+                batch.append(prediction_item(task["id"], result.item, self.version))
                 if len(batch) >= self.options.push_batch:
                     pusher.put(batch)
                     batch = []
@@ -230,8 +254,7 @@ class Prelabeler:
         elif result.reason not in NO_CALL:
             stats.prompt_tokens += result.prompt_tokens
             stats.completion_tokens += result.completion_tokens
-            cost = self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens)
-            stats.cost = None if cost is None or stats.cost is None else stats.cost + cost
+            stats.add_cost(self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens))
         if result.item:
             stats.predicted += 1
             self._streak = 0
@@ -246,10 +269,7 @@ class Prelabeler:
 
     def _pushed(self, items: Items, delivered: bool) -> None:
         with self._lock:
-            if delivered:
-                self.stats.pushed += len(items)
-            else:
-                self.stats.not_pushed += len(items)
+            self.stats.pushed_batch(items, delivered)
 
     def _tick(self) -> None:
         if self.progress is None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
 
-from backend.batch_push import BatchPusher
+from backend.batch_push import BatchPusher, prediction_item
 from backend.db import insert_ignore, push_jobs, write
 from backend.ls_api import client_for, import_predictions
 from backend.metrics import Metrics
@@ -143,8 +143,7 @@ class PushDelivery:
                 if not result.item:
                     self._release(project_id, version, [int(task["id"])])  # asked again next retrieve
                     continue
-                items.append({"task": int(task["id"]), "result": result.item["result"],
-                              "score": result.item.get("score"), "model_version": version})
+                items.append(prediction_item(task["id"], result.item, version))
                 if len(items) >= self.batch_size:
                     pusher.put(items)
                     items = []

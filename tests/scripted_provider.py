@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from scripted_batches import BatchEmulator
+
 
 @dataclass
 class Reply:
@@ -102,11 +104,19 @@ class ScriptedProvider:
         self.embedding_requests: list[dict[str, Any]] = []
         self.embeddings_status = 200
         self.embed: Callable[[str], list[float]] = hashed_bag_of_words
+        # the Batch API (tests/scripted_batches.py): the same responder answers each request line
+        self.batches = BatchEmulator(self._answer_line)
         self.rejected_429 = 0
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+
+    def _answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        reply = self.responder(body)
+        if reply.status != 200:
+            return reply.status, {"error": {"message": reply.error}}
+        return 200, completion(body, reply)
 
     @property
     def base_url(self) -> str:
@@ -143,11 +153,34 @@ class ScriptedProvider:
                 self._send(200, embeddings_payload(body, provider.embed))
 
             def do_GET(self) -> None:
+                parts = self.path.rstrip("/").split("/")
+                if len(parts) >= 2 and parts[-2] == "batches":
+                    batch = provider.batches.retrieve(parts[-1])
+                    self._send(200, batch) if batch else self._send(404, {"error": {"message": "no such batch"}})
+                    return
+                if parts[-1] == "content" and parts[-3] == "files":
+                    content = provider.batches.content(parts[-2])
+                    if content is None:
+                        self._send(404, {"error": {"message": "no such file"}})
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                    return
                 self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if self.path.rstrip("/").endswith("/files"):
+                    self._send(200, provider.batches.upload(self.headers.get("Content-Type", ""), raw))
+                    return
+                body = json.loads(raw or b"{}")
+                if self.path.rstrip("/").endswith("/batches"):
+                    self._send(200, provider.batches.create(body))
+                    return
                 if self.path.rstrip("/").endswith("/embeddings"):
                     self._embeddings(body)
                     return

@@ -219,3 +219,30 @@ def test_prelabel_prompts_with_the_ml_backend_extra_params(label_studio, countin
     assert proc.returncode == 0, err
     systems = [b["messages"][0]["content"] for b in counting.server.requests[-4:]]
     assert all("Reviews of kitchen appliances (XYZZY)." in s for s in systems), systems[0]
+
+
+def test_batch_mode_against_label_studio(label_studio, counting, tmp_path) -> None:
+    ls = label_studio
+    project = create_project(ls, 50)
+    texts = {f"review number {i}" for i in range(50)}
+    before = {t: counting.answered[t] for t in texts}
+    live_calls = len(counting.server.requests)
+    proc = prelabel(ls, project, env_for(counting, tmp_path / "data"), "--batch", "--poll-seconds", "0.05")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert len(counting.server.requests) == live_calls  # no live call: everything went through the batch
+    assert all(counting.answered[t] == before[t] + 1 for t in texts)
+    tasks = all_tasks(ls, project)
+    assert all(len(t["predictions"]) == 1 for t in tasks)
+    for task in tasks:
+        prediction = task["predictions"][0]
+        assert_valid(SENTIMENT, task["data"], {"result": prediction["result"], "score": prediction["score"]})
+    assert summary_count(err, "done") == 50
+
+
+def test_batch_mode_needs_a_provider(label_studio, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
+    proc = subprocess.run([str(LSLLM), "prelabel", "--url", label_studio.url, "--api-key", TOKEN, "--project", "1",
+                           "--batch"], env={**env, "DATA_DIR": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "needs a provider with OpenAI's Batch API" in proc.stderr
