@@ -6,6 +6,8 @@ flight on the predictor's pool (the LLM client's adaptive limit decides how many
 and hands finished predictions to a BatchPusher. It stops submitting when asked (Ctrl-C), after
 `max_consecutive_failures` provider failures in a row, or at the first refused credential; tasks in
 flight always finish and what is done is always pushed. A task id is submitted at most once per run.
+With LLM_TASKS_PER_CALL, tasks are submitted in groups answered by one call each. `--batch` runs the
+same way through OpenAI's Batch API instead (backend.batch_api).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from backend.pricing import PriceTable, format_cost
 
 log = logging.getLogger(__name__)
 
-# failures that say the provider (not the task) is in trouble: they count toward the stop
 NO_CALL = {"bad_task", "deadline", "error"}  # outcomes that never reached the provider
+# failures that say the provider (not the task) is in trouble: they count toward the stop
 PROVIDER_FAILURES = {"llm_auth", "llm_rate_limit", "llm_timeout", "llm_server", "llm_connection", "llm_empty"}
 
 
