@@ -162,8 +162,8 @@ class LLMBackendModel:
             self.metrics.webhook_events.labels(event, "ignored").inc()
             return {"status": "ignored", "action": event}
         self._check_results(accepted.project_id, accepted.payload)
+        self.worker.note_intake()  # before the event exists, so the worker never takes it mid-burst
         event_id = self.examples.append_event(accepted.project_id, accepted.action, accepted.payload)
-        self.worker.note_intake()
         self.metrics.webhook_events.labels(accepted.action, "stored").inc()
         return {"status": "ok", "action": accepted.action, "event_id": event_id}
 
