@@ -162,9 +162,6 @@ class Predictor:
             self.metrics.tasks.labels("bad_task").inc()
             log.warning("task %s: %s", task_id, exc)
             return TaskResult([], error=str(exc), reason="bad_task")
-        if deadline is not None and deadline - time.monotonic() <= 0.2:
-            self.metrics.tasks.labels("deadline").inc()
-            return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         prompt = self.prompt(plan, texts, project_id)
         answer, failure = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}")
         if answer is None:
@@ -193,11 +190,7 @@ class Predictor:
                               cached=answer.cached)
         probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
         # the task's own spec: an answer outside its shortlist is dropped, scores renormalise over it
-        prediction = answer_to_prediction(prompt.spec, task["data"], parsed, probs)
-        for reason, count in prediction.dropped.items():
-            self.metrics.dropped_entities.labels(reason).inc(count)
-        item = self._validated(plan, task["data"], prediction, model_version, task_id)
-        self.metrics.tasks.labels("ok").inc()
+        item = self._item(plan, prompt.spec, task, parsed, probs, model_version)
         return TaskResult(
             item,
             prompt_tokens=answer.prompt_tokens,
@@ -281,11 +274,7 @@ class Predictor:
                 out.append(TaskResult([], error="left out of the group's answer", reason="group_incomplete",
                                       prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
                 continue
-            prediction = answer_to_prediction(plan.spec, task["data"], part, None)
-            for reason, count in prediction.dropped.items():
-                self.metrics.dropped_entities.labels(reason).inc(count)
-            item = self._validated(plan, task["data"], prediction, model_version, task.get("id"))
-            self.metrics.tasks.labels("ok").inc()
+            item = self._item(plan, plan.spec, task, part, None, model_version)
             out.append(TaskResult(item, prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
         return out
 
@@ -306,6 +295,19 @@ class Predictor:
         except LLMError as exc:
             log.warning("%s: %s", what, exc)
             return None, TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
+
+    def _item(
+        self, plan: ProjectPlan, spec: TaskSpec, task: Mapping[str, Any], parsed: Mapping[str, Any],
+        probs: TokenProbs | None, version: str,
+    ) -> dict[str, Any]:
+        """One task's parsed answer -> its validated Label Studio prediction (what cannot be placed or
+        does not validate is dropped and counted)."""
+        prediction = answer_to_prediction(spec, task["data"], parsed, probs)
+        for reason, count in prediction.dropped.items():
+            self.metrics.dropped_entities.labels(reason).inc(count)
+        item = self._validated(plan, task["data"], prediction, version, task.get("id"))
+        self.metrics.tasks.labels("ok").inc()
+        return item
 
     def _validated(
         self, plan: ProjectPlan, data: Mapping[str, Any], prediction: Prediction, version: str, task_id: Any
