@@ -75,8 +75,8 @@ class Estimate:
             ("prompt tokens", f"{self.prompt_tokens_mean:,.0f} per task (p95 {self.prompt_chars_p95 * self.tokens_per_char:,.0f}), "
                               f"{self.total_prompt_tokens:,} in all ({how})"),
             ("completion tokens", completion),
-            ("cost", format_cost(self.total_cost) + ("" if self.completion_tokens_mean is not None or
-                                                     self.total_cost is None else " for the prompts alone")),
+            ("cost", format_cost(self.total_cost) + (" for the prompts alone" if self.total_cost is not None
+                                                     and self.completion_tokens_mean is None else "")),
             ("time", duration),
         ]
         width = max(len(name) for name, _ in rows)
@@ -133,9 +133,7 @@ def estimate(
         completion = sum(r.completion_tokens for r, _, _ in answered) / len(answered)
     live = [s for r, _, s in measured if r.prompt_tokens > 0 and not r.cached]
     prompt_mean = sum(chars) / len(chars) * tokens_per_char
-    cost_per_task = prices.cost(plan.model, 0, 0)
-    if cost_per_task is not None:
-        cost_per_task = prices.cost(plan.model, round(prompt_mean), round(completion or 0))
+    cost_per_task = prices.cost(plan.model, round(prompt_mean), round(completion or 0))
     return Estimate(
         model=plan.model,
         tasks=total_tasks,
