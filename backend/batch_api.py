@@ -25,7 +25,7 @@ from backend.batch_push import BatchPusher, prediction_item
 from backend.llm_client import LLMError, answer_from_completion
 from backend.ls_api import prediction_versions
 from backend.predictor import TaskPrompt, TaskResult, task_texts
-from backend.prelabel import RunBase
+from backend.prelabel import Progress, RunBase, RunTarget
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,10 @@ class BatchOptions:
 
 
 class BatchRun(RunBase):
-    options: BatchOptions
-
-    @property
-    def client(self) -> Any:
-        return self.predictor.llm.openai
+    def __init__(self, target: RunTarget, options: BatchOptions, progress: Progress | None = None) -> None:
+        super().__init__(target, progress)
+        self.options = options
+        self.client = target.predictor.llm.openai
 
     # --- state: the batches this project+version has running at the provider ------------------------
     def _load(self) -> list[dict[str, Any]]:
@@ -75,7 +74,7 @@ class BatchRun(RunBase):
                 log.warning("collecting %d batch(es) started by an earlier run", len(running))
             else:
                 running = self._submit_all(tasks, pusher)
-            running = self._wait_and_collect(running, pusher)
+            self._wait_and_collect(running, pusher)
         except KeyboardInterrupt:
             self.stats.stopped = "interrupted"
             log.warning("interrupted: the batches keep running at the provider; run again to collect them")
@@ -142,7 +141,7 @@ class BatchRun(RunBase):
         log.info("batch %s started with %d requests", batch.id, len(lines))
         return {"id": batch.id, "tasks": tasks}
 
-    def _wait_and_collect(self, running: list[dict[str, Any]], pusher: BatchPusher) -> list[dict[str, Any]]:
+    def _wait_and_collect(self, running: list[dict[str, Any]], pusher: BatchPusher) -> None:
         counted: dict[str, int] = {}
         while running:
             for entry in list(running):
@@ -157,7 +156,6 @@ class BatchRun(RunBase):
                     self._save(running)
             if running:
                 time.sleep(self.options.poll_seconds)
-        return running
 
     def _collect(self, batch: Any, tasks: dict[str, Any], pusher: BatchPusher) -> None:
         answered: set[str] = set()

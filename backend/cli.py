@@ -178,8 +178,8 @@ def _extra_params(args: argparse.Namespace, client: Any = None, project: dict[st
     if args.extra:
         try:
             extra = json.loads(args.extra)
-        except json.JSONDecodeError as exc:
-            extra = exc
+        except json.JSONDecodeError:
+            extra = None
         if not isinstance(extra, dict):
             print(f"lsllm {args.command}: --extra must be a JSON object", file=sys.stderr)
             return None
@@ -202,7 +202,7 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
 
     from backend.app import build_model
     from backend.ls_api import import_predictions, iter_task_pages
-    from backend.prelabel import PrelabelOptions, Prelabeler
+    from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
 
     if args.batch and not settings.llm_base_url:
         print("lsllm prelabel: --batch needs a provider with OpenAI's Batch API (set LLM_BASE_URL)", file=sys.stderr)
@@ -242,21 +242,19 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
                 for _total, page in pages:
                     yield from page
 
+            target = RunTarget(model.predictor, plan, version, project_id,
+                               lambda items: import_predictions(client, int(project_id), items), prices)
+            print(f"lsllm prelabel: project {project_id} ({first_total} tasks), model_version {version}, "
+                  + ("through the Batch API" if args.batch else f"concurrency up to {ready.llm_max_concurrency}"),
+                  file=sys.stderr)
             bar = tqdm(total=total, unit="task", dynamic_ncols=True, file=sys.stderr,
                        disable=True if args.no_progress else None, mininterval=0.5)
             if args.batch:
-                stats = _run_batches(args, ready, model, plan, version, project_id, client, prices, bar, tasks())
-                bar.close()
-                print("lsllm prelabel: " + stats.summary(), file=sys.stderr)
-                return stats.exit_code()
-            options = PrelabelOptions(limit=args.limit, in_flight=ready.llm_max_concurrency * 2,
-                                      max_consecutive_failures=args.max_failures)
-            runner = Prelabeler(model.predictor, plan, version, project_id,
-                                lambda items: import_predictions(client, int(project_id), items),
-                                prices, options, bar)
-            print(f"lsllm prelabel: project {project_id} ({first_total} tasks), model_version {version}, "
-                  f"concurrency up to {ready.llm_max_concurrency}", file=sys.stderr)
-            stats = runner.run(tasks())
+                stats = _run_batches(args, ready, target, bar, tasks())
+            else:
+                options = PrelabelOptions(limit=args.limit, in_flight=ready.llm_max_concurrency * 2,
+                                          max_consecutive_failures=args.max_failures)
+                stats = Prelabeler(target, options, bar).run(tasks())
             bar.close()
         finally:
             model.close()
@@ -264,18 +262,14 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     return stats.exit_code()
 
 
-def _run_batches(args: argparse.Namespace, ready: Settings, model: Any, plan: Any, version: str, project_id: str,
-                 client: Any, prices: Any, bar: Any, tasks: Any) -> Any:
-    """prelabel --batch (backend.batch_api); a provider without the Batch API is one line, exit 1."""
+def _run_batches(args: argparse.Namespace, ready: Settings, target: Any, bar: Any, tasks: Any) -> Any:
+    """prelabel --batch (backend.batch_api); a provider without the Batch API stops the run (exit 1)."""
     import openai
 
     from backend.batch_api import BatchOptions, BatchRun
-    from backend.ls_api import import_predictions
 
-    state = ready.data_dir / "batches" / f"project-{project_id}-{version}.json"
-    runner = BatchRun(model.predictor, plan, version, project_id,
-                      lambda items: import_predictions(client, int(project_id), items), prices,
-                      BatchOptions(state, poll_seconds=args.poll_seconds, limit=args.limit), bar)
+    state = ready.data_dir / "batches" / f"project-{target.project_id}-{target.version}.json"
+    runner = BatchRun(target, BatchOptions(state, poll_seconds=args.poll_seconds, limit=args.limit), bar)
     try:
         return runner.run(tasks)
     except openai.APIError as exc:

@@ -109,41 +109,37 @@ class RunStats:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """What a prelabel run predicts with and where the predictions go: the predictor and plan, the
+    model_version it writes, the project, `send` (one import/predictions call) and the prices."""
+
+    predictor: Predictor
+    plan: ProjectPlan
+    version: str
+    project_id: str
+    send: Callable[[Items], None]
+    prices: PriceTable
+
+
 class RunBase:
-    """What every prelabel run needs: the predictor and plan, the version it writes, where predictions
-    go (`send`: one import/predictions call), the prices, its options, the progress display, and its
-    counts."""
+    """The fields both kinds of run (live calls, Batch API) read, and their counts."""
 
-    def __init__(
-        self,
-        predictor: Predictor,
-        plan: ProjectPlan,
-        version: str,
-        project_id: str,
-        send: Callable[[Items], None],
-        prices: PriceTable,
-        options: Any,
-        progress: Progress | None = None,
-    ) -> None:
-        self.predictor = predictor
-        self.plan = plan
-        self.version = version
-        self.project_id = project_id
-        self.send = send
-        self.prices = prices
-        self.options = options
+    def __init__(self, target: RunTarget, progress: Progress | None = None) -> None:
+        self.predictor = target.predictor
+        self.plan = target.plan
+        self.version = target.version
+        self.project_id = target.project_id
+        self.send = target.send
+        self.prices = target.prices
         self.progress = progress
-        self.stats = RunStats(version)
-        self.setup()
-
-    def setup(self) -> None:
-        """Per-kind state, after the common fields are set."""
+        self.stats = RunStats(target.version)
 
 
 class Prelabeler(RunBase):
-    options: PrelabelOptions
-
-    def setup(self) -> None:
+    def __init__(self, target: RunTarget, options: PrelabelOptions, progress: Progress | None = None) -> None:
+        super().__init__(target, progress)
+        self.options = options
         self._lock = threading.Lock()
         self._done: queue.Queue[tuple[Mapping[str, Any], TaskResult]] = queue.Queue()
         self._slots = threading.Semaphore(1)  # sized per run: in_flight calls' worth of tasks

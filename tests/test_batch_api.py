@@ -11,6 +11,7 @@ import pytest
 
 from backend.app import build_model
 from backend.batch_api import BatchOptions, BatchRun
+from backend.prelabel import RunTarget
 from backend.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
@@ -49,8 +50,8 @@ def run(tmp_path, provider, todo, progress=None, **options) -> tuple[Any, list[d
     model = build_model(settings)
     plan = model.predictor.plan(SENT)
     pushed: list[dict[str, Any]] = []
-    runner = BatchRun(model.predictor, plan, "v-batch", "7", pushed.extend, PriceTable.from_setting(None),
-                      BatchOptions(tmp_path / "state.json", poll_seconds=0.01, **options), progress)
+    target = RunTarget(model.predictor, plan, "v-batch", "7", pushed.extend, PriceTable.from_setting(None))
+    runner = BatchRun(target, BatchOptions(tmp_path / "state.json", poll_seconds=0.01, **options), progress)
     try:
         return runner.run(iter(todo)), pushed
     finally:

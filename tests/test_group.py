@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from backend.prelabel import PrelabelOptions, Prelabeler
+from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
 from backend.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from converters.group import group_schema, split_group_answer
@@ -83,8 +83,8 @@ def test_prelabel_sends_groups_and_pushes_every_task(tmp_path) -> None:
         model = build_model(settings)
         plan = model.predictor.plan(SENT)
         pushed: list[dict] = []
-        runner = Prelabeler(model.predictor, plan, "v1", "7", pushed.extend, PriceTable.from_setting(None),
-                            PrelabelOptions(in_flight=2))
+        target = RunTarget(model.predictor, plan, "v1", "7", pushed.extend, PriceTable.from_setting(None))
+        runner = Prelabeler(target, PrelabelOptions(in_flight=2))
         stats = runner.run(iter([{"id": i, "data": {"text": f"review number {i}"}} for i in range(23)]))
         model.close()
     assert len(provider.requests) == 5  # 5 + 5 + 5 + 5 + 3

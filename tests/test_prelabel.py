@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from backend.app import build_model
-from backend.prelabel import PrelabelOptions, Prelabeler
+from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
 from backend.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
@@ -39,8 +39,8 @@ class Run:
         self.version = self.model.version_for(self.plan, "7")
         self.pushed: list[list[dict[str, Any]]] = []
         self.fail_push = fail_push
-        self.runner = Prelabeler(self.model.predictor, self.plan, self.version, "7", self.send,
-                                 PriceTable.from_setting(None), PrelabelOptions(in_flight=concurrency * 2, **options))
+        target = RunTarget(self.model.predictor, self.plan, self.version, "7", self.send, PriceTable.from_setting(None))
+        self.runner = Prelabeler(target, PrelabelOptions(in_flight=concurrency * 2, **options))
 
     def send(self, items: list[dict[str, Any]]) -> None:
         if self.fail_push:
