@@ -132,7 +132,7 @@ class ResponseCache:
 
     def flush(self) -> int:
         """Write every pending answer in one transaction; returns how many. Raises SQLAlchemyError (the
-        answers stay pending for the next try)."""
+        newest 16 batches' worth stay pending for the next try)."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -141,8 +141,15 @@ class ResponseCache:
         if not pending:
             return 0
         now = time.time()
-        with write(self.engine) as conn:
-            insert_ignore_many(conn, llm_cache, [{"key": k, "answer": t, "created_at": now} for k, t in pending.items()])
+        try:
+            with write(self.engine) as conn:
+                insert_ignore_many(conn, llm_cache,
+                                   [{"key": k, "answer": t, "created_at": now} for k, t in pending.items()])
+        except SQLAlchemyError:
+            with self._lock:  # the store is down: keep the newest answers, never grow without bound
+                for key in list(self._pending)[: max(0, len(self._pending) - self.batch * 16)]:
+                    del self._pending[key]
+            raise
         with self._lock:
             for key in pending:
                 self._pending.pop(key, None)

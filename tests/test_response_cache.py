@@ -116,3 +116,18 @@ def test_a_certain_miss_costs_no_query(tmp_path) -> None:
     assert len(queries) == 1  # known misses: no query at all
     assert reader.get("f" * 64)["content"] == "stored"  # a known key is fetched
     assert len(queries) == 2
+
+
+def test_a_store_outage_keeps_the_newest_answers_and_a_bounded_backlog(tmp_path) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    cache = ResponseCache(make_engine(f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"), batch=10)
+    failures = 0
+    for i in range(500):
+        try:
+            cache.put(f"k{i}", f"answer {i}", None, 1, 1)
+        except SQLAlchemyError:  # no llm_cache table: every write fails
+            failures += 1
+    assert failures > 0
+    assert len(cache._pending) <= 10 * 16
+    assert cache.get("k499")["content"] == "answer 499"  # still answered from memory
