@@ -7,9 +7,8 @@ are ordered functions recorded in `meta.schema_version`, so a new version can op
 from __future__ import annotations
 
 import fcntl
-import os
-
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
