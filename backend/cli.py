@@ -37,7 +37,7 @@ def provider(settings: Settings) -> Iterator[Settings]:
     if settings.llm_base_url:
         yield settings
         return
-    from backend.local_server import LocalModelServer, settings_for_local
+    from backend.llm.local_server import LocalModelServer, settings_for_local
 
     server = LocalModelServer(settings)
     base_url = server.start()  # raises LocalModelError with one clear line
@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 self.cfg.set("accesslog", None)
 
             def load(self) -> Any:
-                from backend.app import create_app
+                from backend.service.app import create_app
 
                 return create_app(ready)
 
@@ -115,7 +115,7 @@ def _read_config_and_tasks(args: argparse.Namespace, command: str) -> tuple[str,
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.app import build_model
+    from backend.service.app import build_model
 
     files = _read_config_and_tasks(args, "predict")
     if isinstance(files, int):
@@ -154,7 +154,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 def _open_project(args: argparse.Namespace, settings: Settings, command: str) -> tuple[Any, dict[str, Any]] | int:
     """(client, project) from --url/--api-key/--project (or LABEL_STUDIO_URL/_API_KEY), or exit code 2
     after one line saying what is wrong. Runs before any LLM call."""
-    from backend.ls_api import LabelStudioAccessError, open_project
+    from backend.labelstudio.api import LabelStudioAccessError, open_project
 
     url = args.url or settings.label_studio_url
     key = args.api_key or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
@@ -173,7 +173,7 @@ def _extra_params(args: argparse.Namespace, client: Any = None, project: dict[st
                   ) -> dict[str, Any] | None:
     """--extra when given, else the Extra params of the project's ML backend connection (if a project is
     given); None (after one line) for --extra that is not a JSON object."""
-    from backend.ls_api import backend_extra_params
+    from backend.labelstudio.api import backend_extra_params
 
     if args.extra:
         try:
@@ -188,7 +188,7 @@ def _extra_params(args: argparse.Namespace, client: Any = None, project: dict[st
 
 
 def _prices(settings: Settings, command: str) -> Any:
-    from backend.pricing import PriceTable
+    from backend.llm.pricing import PriceTable
 
     try:
         return PriceTable.from_setting(settings.llm_prices)
@@ -200,9 +200,9 @@ def _prices(settings: Settings, command: str) -> Any:
 def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from backend.app import build_model
-    from backend.ls_api import import_predictions, iter_task_pages
-    from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
+    from backend.service.app import build_model
+    from backend.labelstudio.api import import_predictions, iter_task_pages
+    from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
 
     if args.batch and not settings.llm_base_url:
         print("lsllm prelabel: --batch needs a provider with OpenAI's Batch API (set LLM_BASE_URL)", file=sys.stderr)
@@ -263,10 +263,10 @@ def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_batches(args: argparse.Namespace, ready: Settings, target: Any, bar: Any, tasks: Any) -> Any:
-    """prelabel --batch (backend.batch_api); a provider without the Batch API stops the run (exit 1)."""
+    """prelabel --batch (backend.runs.batch_api); a provider without the Batch API stops the run (exit 1)."""
     import openai
 
-    from backend.batch_api import BatchOptions, BatchRun
+    from backend.runs.batch_api import BatchOptions, BatchRun
 
     state = ready.data_dir / "batches" / f"project-{target.project_id}-{target.version}.json"
     runner = BatchRun(target, BatchOptions(state, poll_seconds=args.poll_seconds, limit=args.limit), bar)
@@ -280,9 +280,9 @@ def _run_batches(args: argparse.Namespace, ready: Settings, target: Any, bar: An
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     import random
 
-    from backend.app import build_model
-    from backend.ls_api import iter_task_pages
-    from backend.planning import estimate
+    from backend.service.app import build_model
+    from backend.labelstudio.api import iter_task_pages
+    from backend.runs.planning import estimate
 
     prices = _prices(settings, "plan")
     if prices is None:
@@ -333,9 +333,9 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
     """Write a project's live examples as Label Studio tasks (data + the reviewed annotation)."""
-    from backend.db import make_engine, migrate
-    from backend.example_store import ExampleStore
-    from backend.project_id import normalise_project_id
+    from backend.store.db import make_engine, migrate
+    from backend.store.example_store import ExampleStore
+    from backend.store.project_id import normalise_project_id
 
     try:
         project_id = normalise_project_id(args.project)
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsllm: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    from backend.local_server import LocalModelError
+    from backend.llm.local_server import LocalModelError
 
     try:
         return int(args.func(args, settings) or 0)

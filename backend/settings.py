@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         default=None,
         validation_alias="LLM_PRICES",
         description='JSON {"model": [input, output]} in USD per million tokens, or a path to such a file; '
-        "merged over the built-in table (backend/pricing.py)",
+        "merged over the built-in table (backend/llm/pricing.py)",
     )
 
     # --- embedded local model (used when LLM_BASE_URL is not set) -----------------------------

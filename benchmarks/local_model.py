@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.app import build_model  # noqa: E402
-from backend.local_server import LocalModelServer, settings_for_local  # noqa: E402
+from backend.service.app import build_model  # noqa: E402
+from backend.llm.local_server import LocalModelServer, settings_for_local  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 
 FALLBACK = [

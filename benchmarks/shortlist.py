@@ -7,7 +7,7 @@ how much smaller does the prompt get?
 For each dataset and each N in --reviewed, N reviewed examples are drawn from the train file
 (random.Random(0).sample) into a lexical index, exactly as the backend holds them, and every task of
 the evaluation file (the stratified test sample by default; never the train file) goes through the
-backend's own per-task code (`backend.selection.choose_for_task`, FEW_SHOT_K=8): recall@K is how often
+backend's own per-task code (`backend.learning.selection.choose_for_task`, FEW_SHOT_K=8): recall@K is how often
 the gold label is in the K-label shortlist, also without CLINC150's out-of-scope "oos" tasks (18% of its
 sample; no words describe that label, only the kNN vote can bring it). Prompt size is the rendered
 messages (system with labels, few-shot turns, task) with the full label list versus the shortlist, in
@@ -30,8 +30,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.example_store import StoredExample  # noqa: E402
-from backend.selection import (  # noqa: E402
+from backend.store.example_store import StoredExample  # noqa: E402
+from backend.learning.selection import (  # noqa: E402
     LexicalIndex,
     ShortlistPolicy,
     choose_for_task,
@@ -53,7 +53,7 @@ def token_counter() -> tuple[str, Callable[[str], int]]:
     try:
         from llama_cpp import Llama
 
-        from backend.local_server import bundled_model_path
+        from backend.llm.local_server import bundled_model_path
 
         model = Llama(model_path=str(bundled_model_path()), vocab_only=True, verbose=False)
         return "SmolLM2 tokens", lambda text: len(model.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -97,8 +97,8 @@ def main() -> None:
     renderer = PromptRenderer("v1")
     source = None
     if args.embeddings_model:
-        from backend.embeddings import Embedder, EmbeddingsConfig
-        from backend.vector_index import VectorSource
+        from backend.llm.embeddings import Embedder, EmbeddingsConfig
+        from backend.learning.vector_index import VectorSource
 
         config = EmbeddingsConfig(args.embeddings_model, args.embeddings_base_url, args.embeddings_api_key, 60.0, 2)
         source = VectorSource(Embedder(config))

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 sys.path.insert(0, str(ROOT))
-from backend.webhook import parse_time  # noqa: E402
+from backend.learning.intake import parse_time  # noqa: E402
 from webhook_payloads import annotation_event, choice, deleted_event  # noqa: E402
 
 CONFIG = (ROOT / "examples" / "configs" / "sentiment.xml").read_text()

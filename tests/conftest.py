@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from scripted_provider import Reply, ScriptedProvider  # noqa: E402
 
-from backend.app import build_model, create_app  # noqa: E402
+from backend.service.app import build_model, create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from converters.regions import offset_errors  # noqa: E402
 from converters.task_spec import build_task_spec  # noqa: E402

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from backend.app import build_model
-from backend.batch_api import BatchOptions, BatchRun
-from backend.prelabel import RunTarget
-from backend.pricing import PriceTable
+from backend.service.app import build_model
+from backend.runs.batch_api import BatchOptions, BatchRun
+from backend.runs.prelabel import RunTarget
+from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text
 
-from backend.db import SCHEMA_VERSION, examples, make_engine, meta, metadata, migrate, schema_version
-from backend.embedding_store import EmbeddingStore, text_hash
-from backend.embeddings import Embedder, EmbeddingsConfig, EmbeddingsUnavailable, embeddings_config
+from backend.store.db import SCHEMA_VERSION, examples, make_engine, meta, metadata, migrate, schema_version
+from backend.store.embedding_store import EmbeddingStore, text_hash
+from backend.llm.embeddings import Embedder, EmbeddingsConfig, EmbeddingsUnavailable, embeddings_config
 from backend.settings import Settings
 from conftest import DATASETS, config, json_answer
 from scripted_provider import hashed_bag_of_words
@@ -151,7 +151,7 @@ def test_outage_falls_back_to_lexical_with_one_warning(make_app, provider, caplo
     items = [predict(app, SENT, i, "my phone battery is terrible") for i in range(3)]
     assert all(item["result"][0]["value"]["choices"] == ["negative"] for item in items)
     assert shots(provider.requests[-1]) == [reviewed[0][1]]  # lexical selection still found it
-    warnings = [r for r in caplog.records if r.name == "backend.embeddings" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "backend.llm.embeddings" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "HTTP 503" in warnings[0].getMessage()
     assert len(provider.embedding_requests) == 1  # later tasks skip the endpoint while it cools down
     assert "sk-embeddings-secret-456" not in caplog.text and "sk-test-secret-key-123" not in caplog.text
@@ -162,7 +162,7 @@ def test_outage_then_recovery(provider, caplog) -> None:
     embedder = Embedder(EmbeddingsConfig("emb-1", provider.base_url, "sk-emb", 5.0, 0), cooldown=30.0,
                         clock=lambda: now[0])
     provider.embeddings_status = 500
-    caplog.set_level(logging.INFO, logger="backend.embeddings")
+    caplog.set_level(logging.INFO, logger="backend.llm.embeddings")
     for _ in range(2):
         with pytest.raises(EmbeddingsUnavailable):
             embedder.embed(["a"])

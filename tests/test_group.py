@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
-from backend.pricing import PriceTable
+from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
+from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from converters.group import group_schema, split_group_answer
 from converters.output_schema import output_json_schema
@@ -76,7 +76,7 @@ def test_a_task_left_out_of_the_answer_gets_nothing(make_app, provider) -> None:
 
 
 def test_prelabel_sends_groups_and_pushes_every_task(tmp_path) -> None:
-    from backend.app import build_model
+    from backend.service.app import build_model
 
     with ScriptedProvider(group_answer, latency=0.01) as provider:
         settings = make_settings(tmp_path, provider.base_url, llm_tasks_per_call=5, llm_model="gpt-4o-mini")

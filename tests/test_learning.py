@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from backend.db import SCHEMA_VERSION, make_engine, migrate, schema_version
+from backend.store.db import SCHEMA_VERSION, make_engine, migrate, schema_version
 from conftest import config, json_answer
 from scripted_provider import ScriptedProvider, Reply, last_user_text
 from webhook_payloads import (
@@ -235,7 +235,7 @@ def test_prompt_contains_the_most_similar_reviewed_examples(make_app, provider, 
         post(client, annotation_event("ANNOTATION_CREATED", SENT, aid, aid, text_, [choice(label)], T0))
     drain(app)
     provider.responder = lambda body: json_answer({"sentiment": "negative"})
-    caplog.set_level(logging.DEBUG, logger="backend.predictor")
+    caplog.set_level(logging.DEBUG, logger="backend.predict.predictor")
     response = client.post(
         "/predict",
         json={"tasks": [{"id": 5000, "data": {"text": "my phone battery is terrible"}}],

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backend.limiter import AdaptiveLimiter
-from backend.llm_client import CallOptions, LLMClient
+from backend.llm.limiter import AdaptiveLimiter
+from backend.llm.client import CallOptions, LLMClient
 from conftest import make_settings
 from scripted_provider import Reply, ScriptedProvider
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from backend.llm_client import CallOptions, LLMClient, LLMError
+from backend.llm.client import CallOptions, LLMClient, LLMError
 from backend.settings import ResponseFormat
 from conftest import make_settings
 from scripted_provider import Reply

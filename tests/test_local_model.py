@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.app import build_model, create_app
-from backend.local_server import LocalModelError, LocalModelServer, settings_for_local
+from backend.service.app import build_model, create_app
+from backend.llm.local_server import LocalModelError, LocalModelServer, settings_for_local
 from backend.settings import Settings
 from conftest import assert_valid, config
 

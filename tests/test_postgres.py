@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import test_learning as flows
-from backend.db import SCHEMA_VERSION, make_engine, migrate
+from backend.store.db import SCHEMA_VERSION, make_engine, migrate
 
 pytestmark = pytest.mark.postgres
 
@@ -59,7 +59,7 @@ def test_two_replicas_share_one_store(pg_app) -> None:
 
 
 def test_response_cache_shared_by_two_replicas(pg_url) -> None:
-    from backend.response_cache import ResponseCache
+    from backend.llm.response_cache import ResponseCache
 
     one, two = make_engine(pg_url), make_engine(pg_url)
     migrate(one)

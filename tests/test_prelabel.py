@@ -10,9 +10,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from backend.app import build_model
-from backend.prelabel import PrelabelOptions, Prelabeler, RunTarget
-from backend.pricing import PriceTable
+from backend.service.app import build_model
+from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
+from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
 

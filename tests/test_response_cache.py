@@ -8,8 +8,8 @@ import json
 import subprocess
 import sys
 
-from backend.db import make_engine, migrate
-from backend.response_cache import ResponseCache, cache_key
+from backend.store.db import make_engine, migrate
+from backend.llm.response_cache import ResponseCache, cache_key
 from conftest import ROOT, config, json_answer
 from scripted_provider import ScriptedProvider
 from webhook_payloads import annotation_event, choice

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.local_server import child_environment, settings_for_local
-from backend.project_id import normalise_project_id
+from backend.llm.local_server import child_environment, settings_for_local
+from backend.store.project_id import normalise_project_id
 from backend.settings import ResponseFormat, Settings
 
 

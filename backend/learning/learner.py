@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping
 from label_studio_sdk.label_interface import LabelInterface
 from sqlalchemy.engine import Engine
 
-from backend.db import write
-from backend.example_store import ExampleStore, PendingEvent
+from backend.store.db import write
+from backend.store.example_store import ExampleStore, PendingEvent
 from backend.metrics import Metrics
-from backend.project_store import ProjectStore, count_changes, next_generation, upsert_project
+from backend.store.project_store import ProjectStore, count_changes, next_generation, upsert_project
 from converters.examples import result_errors, result_labels, reviewer_changed
 from converters.task_spec import TaskSpec, build_task_spec
 

@@ -17,24 +17,24 @@ from werkzeug.exceptions import HTTPException
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.db import make_engine, migrate
-from backend.embedding_store import EmbeddingStore
-from backend.embeddings import Embedder, embeddings_config
-from backend.example_store import ExampleStore
-from backend.learning import EventWorker, Learner, VersionPolicy
-from backend.llm_client import LLMClient
+from backend.store.db import make_engine, migrate
+from backend.store.embedding_store import EmbeddingStore
+from backend.llm.embeddings import Embedder, embeddings_config
+from backend.store.example_store import ExampleStore
+from backend.learning.learner import EventWorker, Learner, VersionPolicy
+from backend.llm.client import LLMClient
 from backend.metrics import Metrics
-from backend.model import LLMBackendModel
-from backend.predictor import Predictor
-from backend.project_id import normalise_project_id
-from backend.project_store import ProjectStore
-from backend.push import PushDelivery
-from backend.response_cache import ResponseCache
-from backend.resync import make_resync
-from backend.selection import Selector, ShortlistPolicy
+from backend.service.model import LLMBackendModel
+from backend.predict.predictor import Predictor
+from backend.store.project_id import normalise_project_id
+from backend.store.project_store import ProjectStore
+from backend.labelstudio.push import PushDelivery
+from backend.llm.response_cache import ResponseCache
+from backend.learning.resync import make_resync
+from backend.learning.selection import Selector, ShortlistPolicy
 from backend.settings import Settings
-from backend.vector_index import VectorSource
-from backend.webhook import BadEvent
+from backend.learning.vector_index import VectorSource
+from backend.learning.intake import BadEvent
 from converters.task_spec import UnsupportedConfig
 
 log = logging.getLogger(__name__)

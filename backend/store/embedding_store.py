@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
 
-from backend.db import example_embeddings, insert_ignore, write
+from backend.store.db import example_embeddings, insert_ignore, write
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 

@@ -31,7 +31,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.db import insert_ignore_many, llm_cache, write
+from backend.store.db import insert_ignore_many, llm_cache, write
 from converters.confidence import Token
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from typing import Any, Callable, Mapping, Sequence
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
 
-from backend.batch_push import BatchPusher, prediction_item
-from backend.db import insert_ignore, push_jobs, write
-from backend.ls_api import client_for, import_predictions
+from backend.labelstudio.batch_push import BatchPusher, prediction_item
+from backend.store.db import insert_ignore, push_jobs, write
+from backend.labelstudio.api import client_for, import_predictions
 from backend.metrics import Metrics
-from backend.predictor import Predictor, ProjectPlan
+from backend.predict.predictor import Predictor, ProjectPlan
 
 log = logging.getLogger(__name__)
 

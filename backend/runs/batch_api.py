@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from backend.batch_push import BatchPusher, prediction_item
-from backend.llm_client import LLMError, answer_from_completion
-from backend.ls_api import prediction_versions
-from backend.predictor import TaskPrompt, TaskResult, task_texts
-from backend.prelabel import Progress, RunBase, RunTarget
+from backend.labelstudio.batch_push import BatchPusher, prediction_item
+from backend.llm.client import LLMError, answer_from_completion
+from backend.labelstudio.api import prediction_versions
+from backend.predict.predictor import TaskPrompt, TaskResult, task_texts
+from backend.runs.prelabel import Progress, RunBase, RunTarget
 
 log = logging.getLogger(__name__)
 

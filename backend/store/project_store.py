@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from backend.db import insert_ignore, projects, write
-from backend.project_id import normalise_project_id
+from backend.store.db import insert_ignore, projects, write
+from backend.store.project_id import normalise_project_id
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from backend.db import events, examples, insert_ignore, write
+from backend.store.db import events, examples, insert_ignore, write
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The model class, shaped like label_studio_ml's: setup(), predict(tasks, context), fit(event, data).
 
-It owns no HTTP: the Flask routes in `backend.app` translate requests into these calls, and the CLI's
+It owns no HTTP: the Flask routes in `backend.service.app` translate requests into these calls, and the CLI's
 file mode uses `predict` directly.
 """
 
@@ -12,16 +12,16 @@ from typing import Any, Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.example_store import ExampleStore
-from backend.learning import EventWorker
+from backend.store.example_store import ExampleStore
+from backend.learning.learner import EventWorker
 from backend.metrics import Metrics
-from backend.predictor import Predictor, ProjectPlan
-from backend.project_id import normalise_project_id
-from backend.project_store import ProjectStore
-from backend.push import PushDelivery
-from backend.resync import ResyncError, credentials
+from backend.predict.predictor import Predictor, ProjectPlan
+from backend.store.project_id import normalise_project_id
+from backend.store.project_store import ProjectStore
+from backend.labelstudio.push import PushDelivery
+from backend.learning.resync import ResyncError, credentials
 from backend.settings import Settings
-from backend.webhook import BadEvent, intake
+from backend.learning.intake import BadEvent, intake
 from converters.examples import result_errors
 
 log = logging.getLogger(__name__)

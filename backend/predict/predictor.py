@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.llm_client import CallOptions, LLMAnswer, LLMClient, LLMError
+from backend.llm.client import CallOptions, LLMAnswer, LLMClient, LLMError
 from backend.metrics import Metrics
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import TokenProbs

@@ -3,7 +3,7 @@
 `VectorSource.candidates` embeds the task text once and answers the same questions the lexical index
 does: the nearest examples (cosine), how similar two examples are (for MMR), and how close the task is
 to each label's own words. Examples' vectors are kept per project in memory, loaded from the store
-(`backend.embedding_store`) or embedded once and stored there; label vectors are kept per label text.
+(`backend.store.embedding_store`) or embedded once and stored there; label vectors are kept per label text.
 Any failure raises EmbeddingsUnavailable, and the selector falls back to lexical for that task.
 """
 
@@ -16,9 +16,9 @@ from typing import Mapping
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.embedding_store import EmbeddingStore, text_hash
-from backend.embeddings import Embedder, EmbeddingsUnavailable
-from backend.selection import Candidates, Entry, Hit, LexicalIndex, example_text, pool_size
+from backend.store.embedding_store import EmbeddingStore, text_hash
+from backend.llm.embeddings import Embedder, EmbeddingsUnavailable
+from backend.learning.selection import Candidates, Entry, Hit, LexicalIndex, example_text, pool_size
 from converters.shortlist import label_text
 from converters.task_spec import ControlSpec
 
@@ -78,7 +78,7 @@ class ProjectVectors:
 
 
 class VectorSource:
-    """The embeddings `CandidateSource` for `backend.selection.Selector`."""
+    """The embeddings `CandidateSource` for `backend.learning.selection.Selector`."""
 
     unavailable = (EmbeddingsUnavailable,)
 

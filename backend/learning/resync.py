@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from backend.ls_api import as_dict, client_for, iter_task_pages
-from backend.project_store import ProjectStore
+from backend.labelstudio.api import as_dict, client_for, iter_task_pages
+from backend.store.project_store import ProjectStore
 from backend.settings import Settings
-from backend.webhook import BadEvent, parse_annotation
+from backend.learning.intake import BadEvent, parse_annotation
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from backend.project_id import normalise_project_id
+from backend.store.project_id import normalise_project_id
 
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 HANDLED = ANNOTATION_ACTIONS | {

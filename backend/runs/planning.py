@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from backend.predictor import Predictor, ProjectPlan, task_texts
-from backend.pricing import PriceTable, format_cost
+from backend.predict.predictor import Predictor, ProjectPlan, task_texts
+from backend.llm.pricing import PriceTable, format_cost
 
 DEFAULT_CHARS_PER_TOKEN = 4.0
 

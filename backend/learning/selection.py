@@ -1,7 +1,7 @@
 """Few-shot selection per task: the k most useful reviewed examples within a token budget.
 
 Similarity to the task comes from one of two sources: lexical (idf-weighted word overlap through an
-inverted index, no model needed, the default) or embeddings (`backend.vector_index`, when
+inverted index, no model needed, the default) or embeddings (`backend.learning.vector_index`, when
 EMBEDDINGS_MODEL is set; an outage falls back to lexical for that task). Whatever the source, one piece
 of code (`choose`) picks the examples: reviewer corrections weighted up, diversity by maximal marginal
 relevance, label coverage for single-choice controls (no prompt with eight examples of one class), and
@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
-from backend.example_store import ExampleStore, StoredExample
+from backend.store.example_store import ExampleStore, StoredExample
 from converters.examples import result_to_answer
 from converters.shortlist import Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
 from converters.task_spec import ControlSpec, TaskSpec

@@ -7,7 +7,7 @@ and hands finished predictions to a BatchPusher. It stops submitting when asked 
 `max_consecutive_failures` provider failures in a row, or at the first refused credential; tasks in
 flight always finish and what is done is always pushed. A task id is submitted at most once per run.
 With LLM_TASKS_PER_CALL, tasks are submitted in groups answered by one call each. `--batch` runs the
-same way through OpenAI's Batch API instead (backend.batch_api).
+same way through OpenAI's Batch API instead (backend.runs.batch_api).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from backend.batch_push import BatchPusher, Items, prediction_item
-from backend.ls_api import prediction_versions
-from backend.predictor import Predictor, ProjectPlan, TaskResult
-from backend.pricing import PriceTable, format_cost
+from backend.labelstudio.batch_push import BatchPusher, Items, prediction_item
+from backend.labelstudio.api import prediction_versions
+from backend.predict.predictor import Predictor, ProjectPlan, TaskResult
+from backend.llm.pricing import PriceTable, format_cost
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import openai
 from openai import OpenAI
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.limiter import AdaptiveLimiter
-from backend.response_cache import ResponseCache, cache_key
+from backend.llm.limiter import AdaptiveLimiter
+from backend.llm.response_cache import ResponseCache, cache_key
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import Token
 

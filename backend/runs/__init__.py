@@ -1,0 +1,1 @@
+"""Whole-project runs: prelabel (live and Batch API) and plan."""
