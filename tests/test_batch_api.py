@@ -8,13 +8,14 @@ import json
 from typing import Any
 
 import pytest
-
-from backend.service.app import build_model
-from backend.runs.batch_api import BatchOptions, BatchRun
-from backend.runs.prelabel import RunTarget
-from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
+from webhook_payloads import annotation_event, choice
+
+from backend.llm.pricing import PriceTable
+from backend.runs.batch_api import BatchOptions, BatchRun
+from backend.runs.prelabel import RunTarget
+from backend.service.app import build_model
 
 SENT = config("sentiment")
 LABELS = ("positive", "negative", "neutral")
@@ -45,8 +46,8 @@ class Progress:
         pass
 
 
-def run(tmp_path, provider, todo, progress=None, **options) -> tuple[Any, list[dict[str, Any]]]:
-    settings = make_settings(tmp_path, provider.base_url, llm_model="gpt-4o-mini")
+def run(tmp_path, provider, todo, progress=None, settings=None, **options) -> tuple[Any, list[dict[str, Any]]]:
+    settings = settings or make_settings(tmp_path, provider.base_url, llm_model="gpt-4o-mini")
     model = build_model(settings)
     plan = model.predictor.plan(SENT)
     pushed: list[dict[str, Any]] = []
@@ -80,7 +81,7 @@ def test_batch_answers_validates_and_pushes_every_task_at_half_price(tmp_path) -
 def test_cached_tasks_are_not_uploaded_and_answers_are_cached(tmp_path) -> None:
     with ScriptedProvider(answer) as provider:
         run(tmp_path, provider, tasks(10))
-        stats, pushed = run(tmp_path, provider, tasks(10))  # Label Studio lost them: all asked again
+        stats, _pushed = run(tmp_path, provider, tasks(10))  # Label Studio lost them: all asked again
         emulator = provider.batches
     assert emulator.uploads == 1  # the second run found every answer in the response cache
     assert stats.cache_hits == 10 and stats.pushed == 10 and stats.cost == 0
@@ -99,4 +100,81 @@ def test_interrupted_run_leaves_the_batch_running_and_the_next_run_collects_it(t
         emulator = provider.batches
     assert emulator.uploads == 1  # collected, not submitted again
     assert sorted(i["task"] for i in pushed2) == list(range(8)) and stats2.exit_code() == 0
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_answers_collected_after_the_examples_changed_are_treated_as_the_requests_that_were_sent(tmp_path) -> None:
+    """Bug: collection rendered each prompt again with the current examples and shortlist, so the answer
+    was cached under a key never sent and validated against another spec. Here the shortlist (2 of 3
+    labels) is [positive, neutral] when the batch starts; reviewed "negative" examples arriving while it
+    runs make a re-rendered prompt hold few-shot examples and the shortlist [positive, negative]."""
+
+    def last_listed_label(body: dict) -> Reply:
+        enum = body["response_format"]["json_schema"]["schema"]["properties"]["sentiment"]["enum"]
+        return Reply(content=json.dumps({"sentiment": enum[-1]}))
+
+    class Interrupting(Progress):
+        def update(self, n: int = 1) -> None:
+            raise KeyboardInterrupt
+
+    todo = tasks(6)
+    with ScriptedProvider(last_listed_label) as provider:
+        settings = make_settings(tmp_path, provider.base_url, llm_model="gpt-4o-mini", label_shortlist_threshold=2,
+                                 label_shortlist_size=2, selection_refresh_seconds=0)
+        stats1, _ = run(tmp_path, provider, todo, progress=Interrupting(), settings=settings)
+        assert stats1.stopped == "interrupted"  # the batch is started and left running
+
+        model = build_model(settings)
+        try:
+            plan = model.predictor.plan(SENT)
+            sent = {t["id"]: model.predictor.prompt(plan, {"text": t["data"]["text"]}, "7") for t in todo}
+            assert all(p.spec.controls[0].display_labels() == ["positive", "neutral"] for p in sent.values())
+            for aid in range(100, 104):  # reviewers label similar reviews while the batch runs
+                event = annotation_event("ANNOTATION_CREATED", SENT, aid, aid, f"review number {aid}",
+                                         [choice("negative")], 1_790_000_000.0)
+                model.fit(event["action"], event)
+            model.worker.drain()
+            now = model.predictor.prompt(plan, {"text": "review number 1"}, "7")
+            assert now.spec.controls[0].display_labels() == ["positive", "negative"]  # a re-render differs
+            assert now.messages != sent[1].messages
+        finally:
+            model.close()
+
+        stats2, pushed = run(tmp_path, provider, todo, settings=settings)  # collects the running batch
+        assert provider.batches.uploads == 1 and stats2.exit_code() == 0
+
+        # validated against the spec it was asked with: "neutral" was on the task's shortlist
+        answered = {i["task"]: [r["value"]["choices"] for r in i["result"]] for i in pushed}
+        assert answered == {t: [["neutral"]] for t in range(6)}
+        for item in pushed:
+            assert_valid(SENT, {"text": f"review number {item['task']}"}, {"result": item["result"]})
+
+        # cached under the key that was sent: a live call of the original request is a cache hit
+        model = build_model(settings)
+        try:
+            options = model.predictor.call_options(plan)
+            for prompt in sent.values():
+                answer = model.predictor.llm.complete(prompt.messages, prompt.schema, options)
+                assert answer.cached and json.loads(answer.content) == {"sentiment": "neutral"}
+            assert len(provider.requests) == 0  # no live call reached the provider
+        finally:
+            model.close()
+
+
+def test_a_batch_started_by_an_older_version_is_still_collected(tmp_path) -> None:
+    """State files written before the requests were kept hold only each task's data: collecting them
+    must not fail (the batch is paid for); their answers are matched to a prompt rendered again."""
+
+    class Interrupting(Progress):
+        def update(self, n: int = 1) -> None:
+            raise KeyboardInterrupt
+
+    with ScriptedProvider(answer) as provider:
+        run(tmp_path, provider, tasks(4), progress=Interrupting())
+        state = json.loads((tmp_path / "state.json").read_text())
+        for entry in state["batches"]:
+            entry["tasks"] = {tid: sent["data"] for tid, sent in entry.pop("requests").items()}
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        stats, pushed = run(tmp_path, provider, tasks(4))
+    assert sorted(i["task"] for i in pushed) == list(range(4)) and stats.exit_code() == 0
     assert not (tmp_path / "state.json").exists()
