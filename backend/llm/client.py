@@ -67,6 +67,7 @@ class CallOptions:
     timeout: float | None = None  # seconds per attempt (default LLM_TIMEOUT)
     deadline: float | None = None  # time.monotonic() after which no attempt starts
     extra: dict[str, Any] = field(default_factory=dict)
+    urgent: bool = False  # an annotator is waiting: served before bulk calls (not part of the cache key)
 
 
 def response_format_for(mode: ResponseFormat, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -181,7 +182,7 @@ class LLMClient:
             remaining = None if options.deadline is None else options.deadline - time.monotonic()
             if remaining is not None and remaining <= 0.05:
                 raise LLMError("timeout", "the deadline passed before the LLM call")
-            if not self.limiter.acquire(timeout=remaining):
+            if not self.limiter.acquire(timeout=remaining, urgent=options.urgent):
                 self._on_call("timeout", None)
                 raise LLMError("timeout", "no free provider slot before the deadline")
             timeout = min(x for x in (options.timeout, remaining, self.settings.llm_timeout) if x is not None)
