@@ -1,10 +1,12 @@
-# The backend under gunicorn. Build with the embedded local model (default) or without it:
+# The backend under gunicorn. llama.cpp is built portable (AVX2, not -march=native): an image built on one
+# machine runs on another, and a native build on an AVX-512/AMX Xeon crashes in decode (see the README).
+# Build with the embedded local model (default) or without it:
 #   docker build -t lsllm .                      # includes llama-cpp-python (compiles llama.cpp, ~10 min)
 #   docker build --build-arg EXTRAS=postgres -t lsllm .   # provider-only image, no local model
 FROM python:3.11-slim
 ARG EXTRAS=local,postgres
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DATA_DIR=/data \
-    CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
