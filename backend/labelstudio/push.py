@@ -8,7 +8,12 @@ batch with the current model_version.
 
 A claim is a row in `push_jobs` keyed by (project, task, model_version), shared by all workers and
 replicas, so a task Label Studio asks for again while in flight is not predicted twice. A task whose
-prediction or push failed loses its claim, so the next "Retrieve predictions" asks for it again.
+prediction or push failed loses its claim, so the next "Retrieve predictions" asks for it again; so
+do the tasks a run never reached because it stopped on an unexpected error. (Only a dead process
+leaves claims queued; they are taken over after `stale_seconds`.)
+
+Predictions reach Label Studio through a `Sender` (label-studio-sdk's import_predictions by default),
+passed in so that delivery can be tested, or replaced, without a Label Studio.
 """
 
 from __future__ import annotations
@@ -16,22 +21,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from backend.labelstudio.batch_push import BatchPusher, prediction_item
-from backend.store.db import insert_ignore, push_jobs, write
 from backend.labelstudio.api import client_for, import_predictions
+from backend.labelstudio.batch_push import BatchPusher, prediction_item
 from backend.metrics import Metrics
-from backend.predict.predictor import Predictor, ProjectPlan
+from backend.predict.predictor import ProjectPlan, TaskResult
+from backend.store.db import insert_ignore, push_jobs, write
 
 log = logging.getLogger(__name__)
 
-# (url, token, project_id, [{"task", "result", "score", "model_version"}]) -> None; raises on failure
-Sender = Callable[[str, str, str, list[dict[str, Any]]], None]
+
+class Sender(Protocol):
+    """Stores one batch of predictions ({"task", "result", "score", "model_version"} each) in a Label
+    Studio project; raises on any failure (the pusher retries, then releases the claims)."""
+
+    def __call__(self, url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> None: ...
+
+
+class StreamPredictor(Protocol):
+    """What the push path needs of the Predictor: (task, result) pairs as they finish."""
+
+    def predict_stream(
+        self, plan: ProjectPlan, tasks: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
+    ) -> Iterator[tuple[Mapping[str, Any], TaskResult]]: ...
 
 
 def sdk_sender(url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> None:
@@ -43,7 +62,7 @@ class PushDelivery:
     def __init__(
         self,
         engine: Engine,
-        predictor: Predictor,
+        predictor: StreamPredictor,
         metrics: Metrics,
         batch_size: int = 50,
         stale_seconds: float = 900.0,
@@ -90,6 +109,7 @@ class PushDelivery:
         return claimed
 
     def _release(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
+        """Drop the claims, so the next "Retrieve predictions" asks for these tasks again."""
         if not task_ids:
             return
         with write(self.engine) as conn:
@@ -123,13 +143,20 @@ class PushDelivery:
         self, plan: ProjectPlan, project_id: str, version: str, tasks: Sequence[Mapping[str, Any]],
         url: str, token: str,
     ) -> None:
-        self._pool.submit(self._run, plan, project_id, version, list(tasks), url, token)
+        """Predict and push the claimed `tasks` in the background (run() on this delivery's thread)."""
+        try:
+            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token)
+        except RuntimeError:  # closed (shutting down): nothing will predict them
+            log.warning("push: shutting down; %d tasks released for the next retrieve", len(tasks))
+            self._release_quietly(project_id, version, [int(t["id"]) for t in tasks])
 
-    def _run(
+    def run(
         self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str
     ) -> None:
         """Predict batch after batch; the pusher sends whatever is ready in one call, so while a push is
-        in flight the next results gather."""
+        in flight the next results gather. Every claimed task ends pushed or released: a failed
+        prediction or push releases its task, and an unexpected error releases every task not
+        settled yet, so the next "Retrieve predictions" asks for them again."""
         began = time.perf_counter()
 
         def delivered(items: list[dict[str, Any]], ok: bool) -> None:
@@ -138,22 +165,47 @@ class PushDelivery:
         pusher = BatchPusher(lambda items: self.sender(url, token, project_id, items), delivered,
                              max_batch=self.max_push, retries=self.retries)
         items: list[dict[str, Any]] = []
+        settled: set[int] = set()  # released here, or handed to the pusher (which marks or releases)
         try:
             for task, result in self.predictor.predict_stream(plan, tasks, version, project_id):
+                task_id = int(task["id"])
                 if not result.item:
-                    self._release(project_id, version, [int(task["id"])])  # asked again next retrieve
+                    self._release(project_id, version, [task_id])  # asked again next retrieve
+                    settled.add(task_id)
                     continue
-                items.append(prediction_item(task["id"], result.item, version))
+                items.append(prediction_item(task_id, result.item, version))
+                settled.add(task_id)
                 if len(items) >= self.batch_size:
                     pusher.put(items)
                     items = []
-        except Exception:  # noqa: BLE001 - never lose the claims silently
-            log.exception("push: predictions stopped")
+        except Exception:  # whatever stopped the run, its claims must not stay queued
+            left = [int(t["id"]) for t in tasks if int(t["id"]) not in settled]
+            log.exception("push: predictions stopped; %d tasks released for the next retrieve", len(left))
+            self._release_quietly(project_id, version, left)
         finally:
             pusher.put(items)
             pusher.close()
 
+    def _release_quietly(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
+        """_release on a failure path: a store outage there leaves the claims to expire (stale_seconds)."""
+        try:
+            self._release(project_id, version, task_ids)
+        except SQLAlchemyError:
+            log.error("push: store unavailable; %d claims expire after %.0f s instead", len(task_ids),
+                      self.stale_seconds)
+
     def _delivered(
+        self, project_id: str, version: str, items: list[dict[str, Any]], ok: bool, began: float
+    ) -> None:
+        """The pusher's report of one call: mark the tasks pushed, or release them. Runs on the pusher's
+        thread, which must survive a store outage to send the rest."""
+        try:
+            self._settle(project_id, version, items, ok, began)
+        except SQLAlchemyError:
+            log.error("push: store unavailable while recording %d %s predictions", len(items),
+                      "delivered" if ok else "undelivered")
+
+    def _settle(
         self, project_id: str, version: str, items: list[dict[str, Any]], ok: bool, began: float
     ) -> None:
         if ok:
