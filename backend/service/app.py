@@ -28,7 +28,7 @@ from backend.service.model import LLMBackendModel
 from backend.predict.predictor import Predictor
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
-from backend.labelstudio.push import PushDelivery
+from backend.labelstudio.push import PushDelivery, sdk_sender
 from backend.llm.response_cache import ResponseCache
 from backend.learning.resync import make_resync
 from backend.learning.selection import Selector, ShortlistPolicy
@@ -78,7 +78,7 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         VersionPolicy(settings.examples_version_policy, settings.examples_version_every),
         resync=make_resync(settings, projects),
     )
-    push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size)
+    push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size, sender=sdk_sender)
     return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push)
 
 
