@@ -4,14 +4,11 @@ benchmarks/webhook_load.py, not asserted here.)"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import webhook_load  # noqa: E402
+import pytest
+import webhook_load_harness as webhook_load
 
 
+@pytest.mark.slow
 def test_history_is_exact_after_sigkill_of_a_worker() -> None:
     report = webhook_load.run(n_events=600, senders=4, workers=2, kill=True, seed=3)
     assert report["killed_worker"]
