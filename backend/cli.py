@@ -32,18 +32,24 @@ def configure_logging(level: str) -> None:
 
 
 @contextmanager
-def provider(settings: Settings) -> Iterator[Settings]:
-    """Yield settings pointing at a provider: the configured one, or the embedded local model."""
+def provider(settings: Settings, keep_trying: bool = False) -> Iterator[Settings]:
+    """Yield settings pointing at a provider: the configured one, or the embedded local model.
+
+    keep_trying (serve): an embedded server that crashes or hangs at start-up does not stop the backend;
+    it is restarted, and a crash loop shows in /health (503 with the reason), /metrics and one log line.
+    Otherwise (predict, prelabel, plan) a server that cannot start raises LocalModelError (one line).
+    """
     if settings.llm_base_url:
         yield settings
         return
     from backend.llm.local_server import LocalModelServer, settings_for_local
 
     server = LocalModelServer(settings)
-    base_url = server.start()  # raises LocalModelError with one clear line
-    log.info("no LLM_BASE_URL: embedded local model %s at %s", settings.local_model_name, base_url)
+    base_url = server.start(keep_trying=keep_trying)
+    log.info("no LLM_BASE_URL: embedded local model %s at %s (%s)", settings.local_model_name, base_url,
+             server.state)
     try:
-        yield settings_for_local(settings, base_url)
+        yield settings_for_local(settings, base_url, server.status_file)
     finally:
         server.stop()
 
@@ -65,7 +71,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lsllm-prom-")
 
-    with provider(settings) as ready:
+    with provider(settings, keep_trying=True) as ready:
 
         class App(BaseApplication):
             def load_config(self) -> None:

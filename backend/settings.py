@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     local_n_batch: int = Field(default=512, ge=8, validation_alias="LOCAL_N_BATCH")
     local_port: int = Field(default=0, ge=0, le=65535, validation_alias="LOCAL_PORT")
     local_start_timeout: float = Field(default=60.0, gt=0, validation_alias="LOCAL_START_TIMEOUT")
+    local_crash_loop_deaths: int = Field(
+        default=3,
+        ge=1,
+        validation_alias="LOCAL_CRASH_LOOP_DEATHS",
+        description="deaths of the embedded server within LOCAL_CRASH_LOOP_SECONDS that make a crash loop "
+        "(/health then answers 503 with the reason)",
+    )
+    local_crash_loop_seconds: float = Field(default=60.0, gt=0, validation_alias="LOCAL_CRASH_LOOP_SECONDS")
+    local_restart_backoff_max: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias="LOCAL_RESTART_BACKOFF_MAX",
+        description="in a crash loop, restarts wait 2, 4, 8... seconds, at most this long",
+    )
+    local_status_file: Path | None = Field(
+        default=None,
+        validation_alias="LOCAL_STATUS_FILE",
+        description="set by the CLI: where the embedded server's supervisor writes its state for /health",
+    )
 
     # --- the HTTP service ------------------------------------------------------------------------
     host: str = Field(default="0.0.0.0", validation_alias="HOST")

@@ -23,7 +23,8 @@ from backend.llm.embeddings import Embedder, embeddings_config
 from backend.store.example_store import ExampleStore
 from backend.learning.learner import EventWorker, Learner, VersionPolicy
 from backend.llm.client import LLMClient
-from backend.metrics import Metrics
+from backend.llm.local_status import CRASH_LOOP, read_status
+from backend.metrics import Metrics, local_model_metrics
 from backend.service.model import LLMBackendModel
 from backend.predict.predictor import Predictor
 from backend.store.project_id import normalise_project_id
@@ -151,7 +152,15 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     @app.get("/")
     @app.get("/health")
     def health() -> Any:
-        return jsonify({"status": "UP", "model_class": "LLMBackendModel"})
+        answer: dict[str, Any] = {"status": "UP", "model_class": "LLMBackendModel"}
+        if settings.local_status_file is None:  # a provider, not the embedded model
+            return jsonify(answer)
+        local = read_status(settings.local_status_file)
+        answer["local_model"] = local.as_json() if local else {"state": "unknown"}
+        if local is not None and local.state == CRASH_LOOP:
+            # Label Studio marks the backend as broken; the reason says why and what to do
+            return jsonify({**answer, "status": "DOWN", "error": local.reason}), 503
+        return jsonify(answer)
 
     @app.post("/setup")
     def setup() -> Any:
@@ -237,6 +246,8 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     @app.get("/metrics")
     def metrics_route() -> Any:
         body = metrics.exposition() + store_metrics(model)
+        if settings.local_status_file is not None:
+            body += local_model_metrics(read_status(settings.local_status_file))
         return Response(body, mimetype="text/plain; version=0.0.4")
 
     return app
