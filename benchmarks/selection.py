@@ -57,8 +57,7 @@ def main() -> None:
         result = [{"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
         rows.append(StoredExample(i + 1, i + 1, {"text": text}, result, [label], bool(i % 7 == 0), None, 0.0, "live", i + 1))
     started = time.perf_counter()
-    index = LexicalIndex()
-    index.apply(rows)
+    index = LexicalIndex.build(rows)
     build = time.perf_counter() - started
     queries = [t["data"]["text"] for t in json.loads((args.datasets / "intent_banking77_test.json").read_text())]
     timings = []

@@ -117,8 +117,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         lexicon = functools.lru_cache(maxsize=8)(Lexicon)
         for n in [int(x) for x in args.reviewed.split(",")]:
-            index = LexicalIndex()
-            index.apply(reviewed_rows(train, n))
+            index = LexicalIndex.build(reviewed_rows(train, n))
             for size in sizes:
                 policy = ShortlistPolicy(threshold=40, size=size)
                 hits = in_scope = in_scope_hits = full_tokens = short_tokens = schema_short = 0

@@ -21,8 +21,12 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from backend.store.example_store import ExampleStore, StoredExample
 from converters.examples import result_to_answer
@@ -53,39 +57,56 @@ def pool_size(k: int) -> int:
     return max(6 * k, 32)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
     example: StoredExample
     tokens: frozenset[str]
     length_norm: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class LexicalIndex:
-    entries: dict[int, Entry] = field(default_factory=dict)
-    postings: dict[str, set[int]] = field(default_factory=dict)
+    """An immutable snapshot of one project's live examples: an inverted index from word to annotation ids.
+
+    Readers keep a reference to a snapshot and search it without a lock; nothing in it ever changes.
+    A refresh builds the next snapshot with `updated` (copying only the posting sets the new rows touch)
+    and the selector swaps the reference, so a search never sees a set change size under it."""
+
+    entries: Mapping[int, Entry] = field(default_factory=dict)
+    postings: Mapping[str, AbstractSet[int]] = field(default_factory=dict)
     seq: int = 0
 
-    def apply(self, rows: Iterable[StoredExample]) -> None:
+    @classmethod
+    def build(cls, rows: Iterable[StoredExample]) -> LexicalIndex:
+        """A snapshot of `rows` (live ones indexed; later rows for an annotation replace earlier ones)."""
+        return cls().updated(rows)
+
+    def updated(self, rows: Iterable[StoredExample]) -> LexicalIndex:
+        """The next snapshot: this one with `rows` applied (in order; a row that is not live removes its
+        annotation). This snapshot is left untouched: unchanged posting sets are shared, touched ones
+        are copied once per update."""
+        rows = list(rows)
+        if not rows:
+            return self
+        entries = dict(self.entries)
+        postings = dict(self.postings)
+        owned: dict[str, set[int]] = {}  # posting sets copied for the new snapshot, safe to change
+        seq = self.seq
         for row in rows:
-            self._remove(row.annotation_id)
+            old = entries.pop(row.annotation_id, None)
+            if old is not None:
+                for word in old.tokens:
+                    ids = _own(postings, owned, word)
+                    ids.discard(row.annotation_id)
+                    if not ids:
+                        del postings[word], owned[word]
             if row.status == "live":
                 words = frozenset(tokenize(example_text(row.data)))
-                self.entries[row.annotation_id] = Entry(row, words, 1.0 / math.sqrt(max(1, len(words))))
+                entries[row.annotation_id] = Entry(row, words, 1.0 / math.sqrt(max(1, len(words))))
                 for word in words:
-                    self.postings.setdefault(word, set()).add(row.annotation_id)
-            self.seq = max(self.seq, row.seq)
-
-    def _remove(self, annotation_id: int) -> None:
-        old = self.entries.pop(annotation_id, None)
-        if old is None:
-            return
-        for word in old.tokens:
-            posting = self.postings.get(word)
-            if posting is not None:
-                posting.discard(annotation_id)
-                if not posting:
-                    del self.postings[word]
+                    _own(postings, owned, word).add(row.annotation_id)
+            seq = max(seq, row.seq)
+        return LexicalIndex(entries, postings, seq)
 
     def search(self, words: Sequence[str], pool: int, max_open: int = 800) -> list[tuple[float, int]]:
         """Top `pool` (score, annotation_id), idf-weighted overlap normalised by example length.
@@ -118,6 +139,15 @@ class LexicalIndex:
     def overlap(self, a: int, b: int) -> float:
         """Jaccard similarity of two examples' words (the redundancy MMR penalises)."""
         return _jaccard(self.entries[a].tokens, self.entries[b].tokens)
+
+
+def _own(postings: dict[str, AbstractSet[int]], owned: dict[str, set[int]], word: str) -> set[int]:
+    """The new snapshot's own (copied) posting set for `word`, created empty when the word is new."""
+    ids = owned.get(word)
+    if ids is None:
+        ids = owned[word] = set(postings.get(word, ()))
+        postings[word] = ids
+    return ids
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -297,8 +327,26 @@ class CandidateSource(Protocol):
     def candidates(self, project_id: str | None, index: LexicalIndex, text: str, k: int) -> Candidates: ...
 
 
+@dataclass
+class _ProjectIndex:
+    """A project's current snapshot and when it was last refreshed (by the selector's clock)."""
+
+    snapshot: LexicalIndex = field(default_factory=LexicalIndex)
+    checked: float | None = None  # None: never loaded
+    store_down: bool = False  # the last refresh failed (logged once per outage)
+    refreshing: threading.Lock = field(default_factory=threading.Lock)
+
+
 class Selector:
-    """Per-process indexes over the shared store, refreshed at most every `refresh_seconds`."""
+    """Per-process indexes over the shared store, refreshed at most every `refresh_seconds`.
+
+    Each project's index is an immutable `LexicalIndex` snapshot. A task takes the current one and
+    searches it without a lock; a refresh (one thread per project at a time) reads the rows changed
+    since the snapshot's seq with no lock held, builds the next snapshot from the old one and swaps the
+    reference. A task that finds its project due for a refresh while another thread is refreshing it
+    waits at most `refresh_wait` seconds (then uses the snapshot it has). When the store is down, tasks
+    keep the last snapshot (none yet: no examples, zero-shot) and one warning line is logged per outage.
+    `clock` is injectable so tests advance time instead of sleeping."""
 
     def __init__(
         self,
@@ -308,6 +356,8 @@ class Selector:
         refresh_seconds: float = 1.0,
         shortlist: ShortlistPolicy = ShortlistPolicy(),
         vectors: CandidateSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_wait: float = 2.0,
     ) -> None:
         self.store = store
         self.k = k
@@ -315,17 +365,51 @@ class Selector:
         self.refresh_seconds = refresh_seconds
         self.shortlist = shortlist
         self.vectors = vectors
-        self._indexes: dict[str, tuple[float, LexicalIndex]] = {}
-        self._lock = threading.Lock()
+        self.clock = clock
+        self.refresh_wait = refresh_wait
+        self._projects: dict[str, _ProjectIndex] = {}
+        self._lock = threading.Lock()  # guards the dict and the snapshot references, never held across I/O
         self._lexicon = functools.lru_cache(maxsize=256)(Lexicon)  # label words, once per control
 
     def index(self, project_id: str) -> LexicalIndex:
+        """The project's current snapshot, refreshed first when it is older than `refresh_seconds`."""
         with self._lock:
-            checked, index = self._indexes.get(project_id, (0.0, LexicalIndex()))
-            if time.monotonic() - checked >= self.refresh_seconds:
-                index.apply(self.store.changed_since(project_id, index.seq))
-                self._indexes[project_id] = (time.monotonic(), index)
-            return index
+            project = self._projects.setdefault(project_id, _ProjectIndex())
+            snapshot, checked = project.snapshot, project.checked
+        if checked is not None and self.clock() - checked < self.refresh_seconds:
+            return snapshot
+        if not project.refreshing.acquire(timeout=self.refresh_wait):
+            with self._lock:
+                return project.snapshot  # another thread's refresh is slow (a hanging store): use what we have
+        try:
+            with self._lock:  # another thread may have refreshed while this one waited
+                snapshot, checked = project.snapshot, project.checked
+            started = self.clock()
+            if checked is not None and started - checked < self.refresh_seconds:
+                return snapshot
+            try:
+                rows = self.store.changed_since(project_id, snapshot.seq)
+            except SQLAlchemyError as exc:
+                if not project.store_down:
+                    log.warning(
+                        "project %s: example store unavailable (%s); few-shot examples from the last "
+                        "snapshot (%d) until it answers",
+                        project_id,
+                        type(exc).__name__,
+                        len(snapshot.entries),
+                    )
+                with self._lock:
+                    project.checked, project.store_down = started, True
+                return snapshot
+            fresh = snapshot.updated(rows)
+            with self._lock:
+                project.snapshot, project.checked = fresh, started
+                recovered, project.store_down = project.store_down, False
+            if recovered:
+                log.info("project %s: example store available again", project_id)
+            return fresh
+        finally:
+            project.refreshing.release()
 
     def choose(
         self, project_id: str | None, index: LexicalIndex, spec: TaskSpec, text: str

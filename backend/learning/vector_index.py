@@ -11,39 +11,48 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.store.embedding_store import EmbeddingStore, text_hash
-from backend.llm.embeddings import Embedder, EmbeddingsUnavailable
 from backend.learning.selection import Candidates, Entry, Hit, LexicalIndex, example_text, pool_size
+from backend.llm.embeddings import Embedder, EmbeddingsUnavailable
+from backend.store.embedding_store import EmbeddingStore, text_hash
 from converters.shortlist import label_text
 from converters.task_spec import ControlSpec
 
 log = logging.getLogger(__name__)
 
 
-class ProjectVectors:
-    """Unit vectors of one project's live examples, for one embeddings model."""
+@dataclass(frozen=True)
+class VectorSnapshot:
+    """Unit vectors of one project's live examples, for one embeddings model; never changed once built.
 
-    def __init__(self) -> None:
-        self.vectors: dict[int, np.ndarray] = {}
-        self.hashes: dict[int, str] = {}
-        self.seq = -1  # the lexical index's seq these vectors match
-        self.lock = threading.Lock()
-        self._ids: list[int] = []
-        self._matrix: np.ndarray | None = None
+    A sync builds the next snapshot and swaps the reference, so a search never sees the vectors change
+    under it (the lexical index works the same way)."""
+
+    vectors: Mapping[int, np.ndarray] = field(default_factory=dict)
+    hashes: Mapping[int, str] = field(default_factory=dict)
+    seq: int = -1  # the lexical index's seq these vectors match
+    ids: tuple[int, ...] = ()
+    matrix: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, vectors: Mapping[int, np.ndarray], hashes: Mapping[int, str], seq: int) -> VectorSnapshot:
+        ids = tuple(sorted(vectors))
+        matrix = np.stack([vectors[a] for a in ids]) if ids else None
+        return cls(dict(vectors), dict(hashes), seq, ids, matrix)
+
+    @property
+    def dims(self) -> int | None:
+        return None if self.matrix is None else int(self.matrix.shape[1])
 
     def stale(self, entries: Mapping[int, Entry]) -> list[tuple[int, str, str]]:
-        """(annotation id, text, text hash) of live entries without a current vector; forgets the
-        vectors of examples that are no longer live."""
-        for gone in [a for a in self.vectors if a not in entries]:
-            del self.vectors[gone], self.hashes[gone]
-            self._matrix = None
+        """(annotation id, text, text hash) of live entries without a current vector."""
         out = []
-        for annotation_id, entry in list(entries.items()):
+        for annotation_id, entry in entries.items():
             if annotation_id in self.vectors and entry.example.seq <= self.seq:
                 continue
             text = example_text(entry.example.data)
@@ -52,29 +61,21 @@ class ProjectVectors:
                 out.append((annotation_id, text, digest))
         return out
 
-    def reset_unless(self, dims: int) -> None:
-        """Forget every vector when the model now answers with another length (a redeployed model)."""
-        if self.vectors and next(iter(self.vectors.values())).shape[0] != dims:
-            self.vectors.clear()
-            self.hashes.clear()
-            self.seq = -1
-            self._matrix = None
-
-    def add(self, annotation_id: int, digest: str, vector: np.ndarray) -> None:
-        self.vectors[annotation_id] = vector
-        self.hashes[annotation_id] = digest
-        self._matrix = None
-
     def search(self, query: np.ndarray, pool: int) -> list[Hit]:
         """The `pool` nearest examples by cosine, best first, ties by annotation id."""
-        if not self.vectors:
+        if self.matrix is None:
             return []
-        if self._matrix is None:
-            self._ids = sorted(self.vectors)
-            self._matrix = np.stack([self.vectors[a] for a in self._ids])
-        scores = self._matrix @ query
-        order = np.lexsort((np.asarray(self._ids), -scores))[:pool]
-        return [(float(scores[i]), self._ids[i]) for i in order]
+        scores = self.matrix @ query
+        order = np.lexsort((np.asarray(self.ids), -scores))[:pool]
+        return [(float(scores[i]), self.ids[i]) for i in order]
+
+
+@dataclass
+class ProjectVectors:
+    """A project's current vector snapshot; `syncing` lets one thread at a time build the next one."""
+
+    snapshot: VectorSnapshot = field(default_factory=VectorSnapshot)
+    syncing: threading.Lock = field(default_factory=threading.Lock)
 
 
 class VectorSource:
@@ -82,24 +83,23 @@ class VectorSource:
 
     unavailable = (EmbeddingsUnavailable,)
 
-    def __init__(self, embedder: Embedder, store: EmbeddingStore | None = None) -> None:
+    def __init__(self, embedder: Embedder, store: EmbeddingStore | None = None, sync_wait: float = 2.0) -> None:
         self.embedder = embedder
         self.store = store
+        self.sync_wait = sync_wait  # how long a task waits for another thread's sync before using what is there
         self._projects: dict[str, ProjectVectors] = {}
         self._labels: dict[str, np.ndarray] = {}  # label text -> vector
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts; never held across the store or the embedder
 
     def candidates(self, project_id: str | None, index: LexicalIndex, text: str, k: int) -> Candidates:
         query = self.embedder.embed([text])[0]
         hits: list[Hit] = []
         vectors: dict[int, np.ndarray] = {}
         if project_id is not None and index.entries:
-            project = self._project(project_id)
-            with project.lock:
-                project.reset_unless(query.shape[0])
-                self._sync(project_id, project, index, query.shape[0])
-                hits = project.search(query, pool_size(k))
-                vectors = {a: project.vectors[a] for _, a in hits}
+            snapshot = self._current(project_id, index, query.shape[0])
+            # a snapshot a step ahead of or behind this task's index: only the examples the index has
+            hits = [(s, a) for s, a in snapshot.search(query, pool_size(k)) if a in index.entries]
+            vectors = {a: snapshot.vectors[a] for _, a in hits}
 
         def overlap(a: int, b: int) -> float:
             return max(0.0, float(vectors[a] @ vectors[b]))
@@ -123,34 +123,63 @@ class VectorSource:
         with self._lock:
             return self._projects.setdefault(project_id, ProjectVectors())
 
-    def _sync(self, project_id: str, project: ProjectVectors, index: LexicalIndex, dims: int) -> None:
-        """Give every live example a vector of length `dims`: from memory, else the store, else the
-        embedder (then stored). Raises EmbeddingsUnavailable; what was embedded before a failure is kept."""
-        if project.seq == index.seq:
-            return
-        seq = index.seq
-        stale = project.stale(index.entries)
+    def _current(self, project_id: str, index: LexicalIndex, dims: int) -> VectorSnapshot:
+        """The project's vector snapshot, synced to `index` first when it is behind (one thread at a
+        time; another waits at most `sync_wait` s, then uses the snapshot there is). Raises
+        EmbeddingsUnavailable when this thread's sync fails (what was embedded before is kept)."""
+        project = self._project(project_id)
+        snapshot = project.snapshot
+        if snapshot.seq >= index.seq and snapshot.dims in (None, dims):
+            return snapshot
+        if not project.syncing.acquire(timeout=self.sync_wait):
+            return project.snapshot
+        try:
+            snapshot = project.snapshot
+            if snapshot.seq >= index.seq and snapshot.dims in (None, dims):
+                return snapshot
+            if snapshot.dims not in (None, dims):
+                snapshot = VectorSnapshot()  # the model now answers with another length (a redeployed model)
+            snapshot = self._sync(project_id, project, snapshot, index, dims)
+            return snapshot
+        finally:
+            project.syncing.release()
+
+    def _sync(
+        self, project_id: str, project: ProjectVectors, old: VectorSnapshot, index: LexicalIndex, dims: int
+    ) -> VectorSnapshot:
+        """Give every live example of `index` a vector of length `dims`: from the old snapshot, else the
+        store, else the embedder (then stored); publish the new snapshot. Raises EmbeddingsUnavailable;
+        what was embedded before a failure is published (at the old seq, so the next sync goes on)."""
+        vectors = {a: v for a, v in old.vectors.items() if a in index.entries}
+        hashes = {a: h for a, h in old.hashes.items() if a in index.entries}
+        stale = old.stale(index.entries)
         model = self.embedder.model
-        if stale and self.store is not None:
-            try:
-                stored = self.store.load(project_id, model, [a for a, _, _ in stale])
-            except SQLAlchemyError:
-                stored = {}
-            for annotation_id, _, digest in stale:
-                found = stored.get(annotation_id)
-                if found is not None and found[0] == digest and found[1].shape[0] == dims:
-                    project.add(annotation_id, digest, found[1])
-            stale = [s for s in stale if project.hashes.get(s[0]) != s[2]]
-        size = self.embedder.batch_size
-        for start in range(0, len(stale), size):
-            batch = stale[start : start + size]
-            matrix = self.embedder.embed([t for _, t, _ in batch])
-            rows = [(a, digest, matrix[i]) for i, (a, _, digest) in enumerate(batch)]
-            if self.store is not None:
+        done = False
+        try:
+            if stale and self.store is not None:
                 try:
-                    self.store.save(project_id, model, rows)
+                    stored = self.store.load(project_id, model, [a for a, _, _ in stale])
                 except SQLAlchemyError:
-                    log.warning("project %s: example embeddings not stored (store unavailable)", project_id)
-            for annotation_id, digest, vector in rows:
-                project.add(annotation_id, digest, vector)
-        project.seq = seq
+                    stored = {}
+                for annotation_id, _, digest in stale:
+                    found = stored.get(annotation_id)
+                    if found is not None and found[0] == digest and found[1].shape[0] == dims:
+                        vectors[annotation_id], hashes[annotation_id] = found[1], digest
+                stale = [s for s in stale if hashes.get(s[0]) != s[2]]
+            size = self.embedder.batch_size
+            for start in range(0, len(stale), size):
+                batch = stale[start : start + size]
+                matrix = self.embedder.embed([t for _, t, _ in batch])
+                rows = [(a, digest, matrix[i]) for i, (a, _, digest) in enumerate(batch)]
+                if self.store is not None:
+                    try:
+                        self.store.save(project_id, model, rows)
+                    except SQLAlchemyError:
+                        log.warning("project %s: example embeddings not stored (store unavailable)", project_id)
+                for annotation_id, digest, vector in rows:
+                    vectors[annotation_id], hashes[annotation_id] = vector, digest
+            done = True
+        finally:
+            snapshot = VectorSnapshot.of(vectors, hashes, index.seq if done else old.seq)
+            project.snapshot = snapshot
+        return snapshot
