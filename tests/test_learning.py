@@ -8,12 +8,8 @@ import logging
 import time
 from typing import Any
 
-import pytest
-from sqlalchemy import create_engine, text
-
-from backend.store.db import SCHEMA_VERSION, make_engine, migrate, schema_version
 from conftest import config, json_answer
-from scripted_provider import ScriptedProvider, Reply, last_user_text
+from sqlalchemy import create_engine, text
 from webhook_payloads import (
     SECRET_PASSWORD,
     SECRET_TOKEN,
@@ -26,6 +22,8 @@ from webhook_payloads import (
     task,
 )
 
+from backend.store.db import SCHEMA_VERSION, make_engine, migrate, schema_version
+
 SENT = config("sentiment")
 NER = config("ner")
 T0 = 1_790_000_000.0
@@ -37,6 +35,26 @@ def post(client, payload: dict) -> Any:
 
 def drain(app) -> None:
     app.extensions["lsllm_model"].worker.drain()
+
+
+class FakeClock:
+    """A monotonic clock the test advances, for the stores' TTLs (no sleeping them out)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_clock(app) -> FakeClock:
+    """Give the app's project store a clock the test controls (before its first request)."""
+    clock = FakeClock()
+    app.extensions["lsllm_model"].projects.clock = clock
+    return clock
 
 
 def live(client, pid: int = 7) -> dict[int, dict]:
@@ -197,19 +215,23 @@ def test_store_outage_answers_503_quickly(make_app) -> None:
 
 def test_version_policy_every_event(make_app) -> None:
     app = make_app(examples_version_policy="every")
+    clock = fake_clock(app)
     client = app.test_client()
     setup = {"project": "7.1732880000", "schema": SENT}
     first = client.post("/setup", json=setup).get_json()["model_version"]
     assert first.endswith("-e0")
     post(client, annotation_event("ANNOTATION_CREATED", SENT, 901, 91, "x", [choice("neutral")], T0))
     drain(app)
-    time.sleep(1.1)  # the version is read at most once a second per process
+    # the version is read at most once a second per process: still cached, then read again
+    assert client.post("/setup", json=setup).get_json()["model_version"].endswith("-e0")
+    clock.advance(1.0)
     second = client.post("/setup", json=setup).get_json()["model_version"]
     assert second.endswith("-e1")
 
 
 def test_version_policy_count_and_training(make_app) -> None:
     app = make_app(examples_version_every=3, selection_refresh_seconds=0)
+    clock = fake_clock(app)
     client = app.test_client()
     for i in range(2):
         post(client, annotation_event("ANNOTATION_CREATED", SENT, 910 + i, 92 + i, "x", [choice("neutral")], T0))
@@ -217,7 +239,7 @@ def test_version_policy_count_and_training(make_app) -> None:
     assert client.get("/projects/7/examples").get_json()["examples_version"] == 0
     post(client, annotation_event("ANNOTATION_CREATED", SENT, 913, 95, "x", [choice("neutral")], T0))
     drain(app)
-    time.sleep(1.1)
+    clock.advance(1.0)
     assert client.get("/projects/7/examples").get_json()["examples_version"] == 1
 
 
@@ -332,6 +354,7 @@ def test_start_training_resyncs_from_label_studio(make_app, httpserver) -> None:
     stub = StubLabelStudio(ls_tasks, "ls-api-token-xyz")
     httpserver.expect_request("/api/tasks/").respond_with_handler(stub.handler)
     app = make_app(selection_refresh_seconds=0)
+    clock = fake_clock(app)
     client = app.test_client()
     client.post("/setup", json={"project": "7.17", "schema": SENT, "hostname": httpserver.url_for("/").rstrip("/"),
                                 "access_token": "ls-api-token-xyz"})
@@ -344,7 +367,7 @@ def test_start_training_resyncs_from_label_studio(make_app, httpserver) -> None:
     body = client.get("/projects/7/examples?page_size=1000").get_json()
     assert body["total"] == 250
     assert {e["annotation_id"] for e in body["examples"]} == {5000 + i for i in range(250)}
-    time.sleep(1.1)
+    clock.advance(1.0)
     assert client.get("/projects/7/examples").get_json()["examples_version"] == before + 1
     assert all(a == "Token ls-api-token-xyz" for a in stub.seen_auth)
 

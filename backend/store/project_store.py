@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,13 @@ class ProjectInfo:
 
 
 class ProjectStore:
-    def __init__(self, engine: Engine) -> None:
+    """Project settings and example-set versions, with short per-process caches (a project's info for 5 s,
+    its examples_version for 1 s) so /setup and /predict do not read the database on every call.
+    `clock` is injectable so tests advance time instead of sleeping."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
+        self.clock = clock
         self._cache: dict[str, tuple[float, ProjectInfo]] = {}
         self._lock = threading.Lock()
         self._versions: dict[str, tuple[float, int]] = {}
@@ -47,7 +53,7 @@ class ProjectStore:
         info = ProjectInfo(project_id, label_config, dict(extra_params or {}), hostname, access_token)
         with self._lock:
             cached = self._cache.get(project_id)
-            if cached and cached[1] == info and time.monotonic() - cached[0] < 5:
+            if cached and cached[1] == info and self.clock() - cached[0] < 5:
                 return info  # /setup is called before every /predict: skip identical writes
         row = {
             "label_config": label_config,
@@ -59,12 +65,12 @@ class ProjectStore:
         with write(self.engine) as conn:
             upsert_project(conn, project_id, row)
         with self._lock:
-            self._cache[project_id] = (time.monotonic(), info)
+            self._cache[project_id] = (self.clock(), info)
         return info
 
     def examples_version(self, project_id: str) -> int:
         """The project's example-set version, read at most once a second per process."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             cached = self._versions.get(project_id)
             if cached and now - cached[0] < 1.0:
@@ -79,7 +85,7 @@ class ProjectStore:
         project_id = normalise_project_id(project)
         with self._lock:
             cached = self._cache.get(project_id)
-            if cached and time.monotonic() - cached[0] < 5:
+            if cached and self.clock() - cached[0] < 5:
                 return cached[1]
         with self.engine.connect() as conn:
             row = conn.execute(select(projects).where(projects.c.project_id == project_id)).mappings().first()
@@ -93,7 +99,7 @@ class ProjectStore:
             row["access_token"],
         )
         with self._lock:
-            self._cache[project_id] = (time.monotonic(), info)
+            self._cache[project_id] = (self.clock(), info)
         return info
 
 
