@@ -8,11 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from backend.service.app import build_model, create_app
-from backend.llm.local_server import LocalModelError, LocalModelServer, settings_for_local
-from backend.settings import Settings
 from conftest import assert_valid, config
+
+from backend.llm.local_server import (
+    LocalModelError,
+    LocalModelServer,
+    settings_for_local,
+)
+from backend.service.app import build_model, create_app
+from backend.settings import Settings
 
 pytestmark = pytest.mark.local_model
 
@@ -25,12 +29,39 @@ def local_app(tmp_path_factory):
     data = tmp_path_factory.mktemp("local")
     base = Settings.model_validate({"data_dir": data})
     server = LocalModelServer(base)
-    settings = settings_for_local(base, server.start())
+    settings = settings_for_local(base, server.start(), server.status_file)
     app = create_app(settings, build_model(settings))
     app.testing = True
     yield app, server
     app.extensions["lsllm_model"].predictor.close()
     server.stop()
+
+
+def build_info() -> str:
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    return info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+
+
+def test_embedded_server_completes_a_multi_token_prompt(local_app) -> None:
+    """The smallest real proof that this llama.cpp build decodes on this CPU: a native build on an
+    AVX-512/AMX machine segfaulted here (a one-token prompt worked). A failure names the cause."""
+    import openai
+
+    _, server = local_app
+    client = openai.OpenAI(base_url=server.base_url, api_key="not-needed", timeout=60, max_retries=0)
+    try:
+        answer = client.completions.create(model=server.settings.local_model_name,
+                                           prompt="The capital of France is", max_tokens=8, temperature=0)
+        text = answer.choices[0].text
+    except openai.APIError as exc:
+        time.sleep(0.5)  # let the supervisor's stderr reader catch the server's last lines
+        cause = server.death_cause() if not server.alive() else f"server alive, {type(exc).__name__}: {exc}"
+        pytest.fail(f"the embedded server did not complete a multi-token prompt: {cause}; "
+                    f"llama.cpp build: {build_info()}")
+    assert text.strip(), f"empty completion; llama.cpp build: {build_info()}"
+    assert answer.usage is not None and answer.usage.prompt_tokens > 1
 
 
 @pytest.mark.parametrize(
@@ -71,6 +102,7 @@ def test_dead_server_fails_fast_per_task_and_is_restarted(local_app) -> None:
             break
         time.sleep(0.5)
     assert server.healthy() and server.restarts >= 1, server._last_error()
+    assert server.state == "ready" and server.deaths >= 1
     # and it serves again
     again = app.test_client().post(
         "/predict", json={"tasks": [{"id": 2, "data": {"text": "great"}}], "label_config": cfg}
