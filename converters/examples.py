@@ -1,64 +1,75 @@
 """Reviewed annotations -> few-shot examples in the model's own answer form, and the checks on them.
 
 The inverse of `converters.regions`: a Label Studio result (stored label values, offsets) becomes the
-JSON the model is asked to produce (display label names, entity texts in reading order).
+JSON the model is asked to produce (display label names, entity texts in reading order), control by
+control through its handler (converters.controls).
+
+An empty submitted result is an answer too: a sentence with no entities is the example `{"label": []}`
+that teaches the model not to invent entities. Only a control whose answer form cannot express
+"nothing" (a single choice) makes a result incomplete; `unanswered` names those controls.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from converters.controls import IncompleteAnswer, handler_for, handler_for_region
 from converters.regions import offset_errors
-from converters.task_spec import TaskSpec
+from converters.spec import ControlSpec, TaskSpec
 
 
-def _display(spec: TaskSpec, control_name: str) -> dict[str, str]:
-    control = spec.control(control_name)
-    return {label.value: label.display for label in control.labels}
+def _regions_of(control: ControlSpec, result: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [region for region in result if region.get("from_name") == control.name]
 
 
 def result_to_answer(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The answer the model should have given for this reviewed result."""
+    """The answer the model should have given for this reviewed result, with every control's key
+    (an empty result gives empty answers, e.g. no entities); {} when some control is left without an
+    answer its form requires (see `unanswered`), since a partial answer is not one the schema allows."""
     answer: dict[str, Any] = {}
-    spans: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for control in spec.controls:
-        if control.kind == "labels":
-            spans[control.name] = []
-    for region in result:
-        name = region.get("from_name")
-        value = region.get("value") or {}
         try:
-            control = spec.control(str(name))
-        except KeyError:
-            continue
-        names = _display(spec, control.name)
-        if control.kind == "labels" and region.get("type") == "labels":
-            labels = value.get("labels") or []
-            if labels and "text" in value:
-                spans[control.name].append(
-                    (int(value.get("start", 0)), {"text": value["text"], "label": names.get(labels[0], labels[0])})
-                )
-        elif control.kind == "choices" and region.get("type") == "choices":
-            chosen = [names.get(c, c) for c in value.get("choices") or []]
-            if chosen:
-                answer[control.name] = chosen if control.multiple else chosen[0]
-    for name, items in spans.items():
-        answer[name] = [item for _, item in sorted(items, key=lambda pair: pair[0])]
-    return {c.name: answer[c.name] for c in spec.controls if c.name in answer}
+            answer[control.name] = handler_for(control).example_answer(control, _regions_of(control, result))
+        except IncompleteAnswer:
+            return {}
+    return answer
+
+
+def unanswered(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why this reviewed result cannot be a few-shot example although it fits the config: the controls
+    it leaves without an answer their form requires (empty when it can be one). An empty result for
+    a Labels control is an answer ("no entities"), not a gap."""
+    reasons = []
+    for control in spec.controls:
+        try:
+            handler_for(control).example_answer(control, _regions_of(control, result))
+        except IncompleteAnswer as exc:
+            reasons.append(str(exc))
+    return reasons
+
+
+def coverage_label(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> str | None:
+    """The label an example stands for when few-shot selection balances labels: the first one a
+    control's handler names (a single-choice control's choice); None when no control balances."""
+    for control in spec.controls:
+        label = handler_for(control).coverage_label(control, _regions_of(control, result))
+        if label is not None:
+            return label
+    return None
 
 
 def result_labels(result: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every label value in a result (for label coverage and for setting aside vanished labels)."""
     out: list[str] = []
     for region in result:
-        value = region.get("value") or {}
-        for key in ("labels", "choices"):
-            for label in value.get(key) or []:
-                if label not in out:
-                    out.append(str(label))
+        handler = handler_for_region(region)
+        for label in handler.region_labels(region) if handler is not None else []:
+            if label not in out:
+                out.append(label)
     return out
 
 

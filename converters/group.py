@@ -2,24 +2,27 @@
 
 One call for k tasks pays the instructions and label list once instead of k times and cuts the
 per-call HTTP cost (about 1 ms of CPU per call from Python, measured) by k. Only configs whose every
-control is a `<Choices>` can be grouped: entity spans need the exact text of their own task. The
-model answers `{"items": [{"item": 1, <control>: ...}, ...]}`; each item is matched to its task by
-its number (by position when the number is missing), and a task the answer leaves out gets no
-prediction rather than a guessed one.
+control's handler allows it can be grouped (`<Choices>` does; entity spans need the exact text of their
+own task). The model answers `{"items": [{"item": 1, <control>: ...}, ...]}`; each item is matched
+to its task by its number (by position when the number is missing), and a task the answer leaves out
+gets no prediction rather than a guessed one.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
-from converters.task_spec import TaskSpec
+from converters.controls import handler_for
+from converters.spec import TaskSpec
 
 ITEM_KEY = "item"
 
 
 def groupable(spec: TaskSpec) -> bool:
-    return bool(spec.controls) and all(control.kind == "choices" for control in spec.controls)
+    """Whether tasks of this spec can share one call: every control's handler says so."""
+    return bool(spec.controls) and all(handler_for(control).groupable(control) for control in spec.controls)
 
 
 def group_schema(single: Mapping[str, Any], n: int) -> dict[str, Any]:

@@ -3,62 +3,34 @@
 The generated JSON schema is strict-mode compatible (every property required, no extra keys), so it can
 be sent as OpenAI `json_schema` with `strict: true`, and llama.cpp turns the same schema into a grammar.
 A spec narrowed to a label shortlist (converters.shortlist) gives a schema whose enums are the shortlist,
-so structured output cannot answer a label the prompt did not show.
+so structured output cannot answer a label the prompt did not show. Each control's fragment (its type,
+description and placeholder) comes from its handler (converters.controls).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
-from converters.task_spec import ControlSpec, TaskSpec
+from converters.controls import handler_for
+from converters.controls.base import Strict, safe_name
+from converters.spec import TaskSpec
 
 SCHEMA_NAME = "annotation"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _enum(values: list[str]) -> Any:
-    return Literal[tuple(values)]  # type: ignore[valid-type]
-
-
-def _field_type(control: ControlSpec) -> Any:
-    labels = _enum(control.display_labels())
-    if control.kind == "labels":
-        entity = create_model(
-            f"Entity_{_safe(control.name)}",
-            __base__=_Strict,
-            text=(str, Field(description="the entity exactly as written in the text")),
-            label=(labels, Field(description="one of the allowed labels")),
-        )
-        return list[entity]  # type: ignore[valid-type]
-    if control.multiple:
-        return list[labels]  # type: ignore[valid-type]
-    return labels
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def output_model(spec: TaskSpec) -> type[BaseModel]:
     """A pydantic model with one field per predicted control, named like the control."""
     fields: dict[str, Any] = {}
     for control in spec.controls:
-        description = (
-            "every entity mention, in order of appearance"
-            if control.kind == "labels"
-            else ("all labels that apply" if control.multiple else "the single best label")
-        )
+        handler = handler_for(control)
         # Control names can be any string; pydantic field names must be identifiers, so alias them.
-        fields[f"f{len(fields)}_{_safe(control.name)}"] = (
-            _field_type(control),
-            Field(alias=control.name, description=description),
+        fields[f"f{len(fields)}_{safe_name(control.name)}"] = (
+            handler.answer_type(control),
+            Field(alias=control.name, description=handler.answer_description(control)),
         )
-    return create_model("Annotation", __base__=_Strict, **fields)
+    return create_model("Annotation", __base__=Strict, **fields)
 
 
 def output_json_schema(spec: TaskSpec) -> dict[str, Any]:
@@ -67,13 +39,4 @@ def output_json_schema(spec: TaskSpec) -> dict[str, Any]:
 
 def example_output(spec: TaskSpec) -> dict[str, Any]:
     """A small, schema-valid answer shown in the prompt so models without schema support see the form."""
-    out: dict[str, Any] = {}
-    for control in spec.controls:
-        first = control.display_labels()[0]
-        if control.kind == "labels":
-            out[control.name] = [{"text": "<entity as written>", "label": first}]
-        elif control.multiple:
-            out[control.name] = [first]
-        else:
-            out[control.name] = first
-    return out
+    return {control.name: handler_for(control).placeholder(control) for control in spec.controls}

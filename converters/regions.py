@@ -1,26 +1,27 @@
 """Model answer -> Label Studio regions with exact offsets, then validation before anything leaves.
 
 `answer_to_prediction` is a pure function: spec + task data + parsed answer (+ token probabilities)
-in, a prediction dict and counters out. `check_prediction` applies label-studio-sdk's own
-`validate_prediction` plus the offset rule `data[start:end] == value.text` that Label Studio never checks.
+in, a prediction dict and counters out; each control's regions (and their scores, from the control's
+own tokens) come from its handler (converters.controls). `check_prediction` applies label-studio-sdk's
+own `validate_prediction`, the offset rule `data[start:end] == value.text` that Label Studio never
+checks, and each handler's rules on its regions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from converters.align import Mention, align_mentions
-from converters.confidence import TokenProbs, combine
-from converters.task_spec import ControlSpec, TaskSpec
+from converters.confidence import TokenProbs, combine, member_at
+from converters.controls import AnswerPart, handler_for
+from converters.controls.base import label_lookup, region_id
+from converters.spec import ControlSpec, TaskSpec
 
-_TEXT_KEYS = ("text", "entity", "span", "value", "mention", "name")
-_LABEL_KEYS = ("label", "type", "entity_type", "category", "tag", "labels")
+__all__ = ["Prediction", "answer_to_prediction", "check_prediction", "label_lookup", "offset_errors", "region_id"]
 
 
 @dataclass
@@ -36,149 +37,23 @@ class Prediction:
         return item
 
 
-def _norm_label(value: str) -> str:
-    return re.sub(r"[\s_\-]+", "", str(value)).casefold()
-
-
-def label_lookup(control: ControlSpec) -> dict[str, str]:
-    """Normalised display name / stored value -> the value Label Studio stores."""
-    table: dict[str, str] = {}
-    for label in control.labels:
-        table.setdefault(_norm_label(label.display), label.value)
-        table.setdefault(_norm_label(label.value), label.value)
-    return table
-
-
-def _control_value(spec: TaskSpec, control: ControlSpec, answer: Mapping[str, Any]) -> Any:
+def _answer_key(spec: TaskSpec, control: ControlSpec, answer: Mapping[str, Any]) -> str | None:
+    """The key of the answer that holds this control's value: its name, its name in another case, one
+    of the kind's usual names when it is the only control of its kind, or the only key of the answer
+    when there is only one control."""
     if control.name in answer:
-        return answer[control.name]
-    folded = {str(k).casefold(): v for k, v in answer.items()}
+        return control.name
+    folded = {str(k).casefold(): k for k in answer}
     if control.name.casefold() in folded:
         return folded[control.name.casefold()]
     same_kind = [c for c in spec.controls if c.kind == control.kind]
     if len(same_kind) == 1:
-        aliases = ("entities", "ner", "spans") if control.kind == "labels" else ("choice", "choices", "label", "labels", "sentiment", "intent", "class", "category")
-        for alias in aliases:
+        for alias in handler_for(control).answer_aliases:
             if alias in folded:
                 return folded[alias]
     if len(spec.controls) == 1 and len(answer) == 1:
-        return next(iter(answer.values()))
+        return next(iter(answer))
     return None
-
-
-def _first_present(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if key in item and item[key] not in (None, ""):
-            value = item[key]
-            if isinstance(value, list):
-                value = value[0] if value else None
-            return value
-    return None
-
-
-def _mentions(raw: Any) -> list[tuple[str, str]]:
-    """Entity items in any of the shapes models produce: dicts, pairs, or {label: [texts]}."""
-    if isinstance(raw, Mapping):
-        pairs = []
-        for label, texts in raw.items():
-            for text in texts if isinstance(texts, list) else [texts]:
-                pairs.append((str(text), str(label)))
-        return pairs
-    if not isinstance(raw, list):
-        return []
-    out = []
-    for item in raw:
-        if isinstance(item, Mapping):
-            text = _first_present(item, _TEXT_KEYS)
-            label = _first_present(item, _LABEL_KEYS)
-            if text is not None and label is not None:
-                out.append((str(text), str(label)))
-            else:
-                out.append(("", ""))
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            out.append((str(item[0]), str(item[1])))
-        else:
-            out.append(("", ""))
-    return out
-
-
-def region_id(*parts: Any) -> str:
-    digest = hashlib.sha1("|".join(str(p) for p in parts).encode("utf-8")).hexdigest()
-    return digest[:10]
-
-
-def _span_regions(
-    control: ControlSpec, text: str, raw: Any, probs: TokenProbs | None, dropped: Counter
-) -> list[dict[str, Any]]:
-    lookup = label_lookup(control)
-    mentions: list[Mention] = []
-    scores: list[float | None] = []
-    for surface, label in _mentions(raw):
-        stored = lookup.get(_norm_label(label))
-        score = None
-        if probs is not None and surface and label:
-            probs.skip_to(surface)
-            score = probs.probability(label, allowed=control.display_labels())
-        if stored is None:
-            dropped["unknown_label" if surface else "malformed"] += 1
-            continue
-        mentions.append(Mention(surface, stored))
-        scores.append(score)
-    spans, misses = align_mentions(text, mentions)
-    for miss in misses:
-        dropped[miss.reason] += 1
-    regions = []
-    for span in spans:
-        region: dict[str, Any] = {
-            "id": region_id(control.name, span.start, span.end, span.label),
-            "from_name": control.name,
-            "to_name": control.to_name,
-            "type": "labels",
-            "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [span.label]},
-        }
-        if scores[span.mention_index] is not None:
-            region["score"] = scores[span.mention_index]
-        regions.append(region)
-    return regions
-
-
-def _choice_region(
-    control: ControlSpec, raw: Any, probs: TokenProbs | None, dropped: Counter
-) -> dict[str, Any] | None:
-    lookup = label_lookup(control)
-    values = raw if isinstance(raw, list) else [raw]
-    chosen: list[str] = []
-    scores: list[float | None] = []
-    if probs is not None:
-        probs.skip_to(control.name)
-    for value in values:
-        if not isinstance(value, (str, int, float)):
-            dropped["malformed"] += 1
-            continue
-        stored = lookup.get(_norm_label(str(value)))
-        score = probs.probability(str(value), allowed=control.display_labels()) if probs is not None else None
-        if stored is None:
-            dropped["unknown_label"] += 1
-            continue
-        if stored in chosen:
-            continue
-        chosen.append(stored)
-        scores.append(score)
-        if not control.multiple:
-            break
-    if not chosen:
-        return None
-    region: dict[str, Any] = {
-        "id": region_id(control.name, *chosen),
-        "from_name": control.name,
-        "to_name": control.to_name,
-        "type": "choices",
-        "value": {"choices": chosen},
-    }
-    score = combine(scores)
-    if score is not None:
-        region["score"] = score
-    return region
 
 
 def answer_to_prediction(
@@ -190,21 +65,14 @@ def answer_to_prediction(
     """Turn a parsed model answer into Label Studio regions; what cannot be placed is counted."""
     dropped: Counter = Counter()
     result: list[dict[str, Any]] = []
+    root = probs.locate(answer) if probs is not None else None
     for control in spec.controls:
-        raw = _control_value(spec, control, answer)
-        if raw is None:
+        key = _answer_key(spec, control, answer)
+        if key is None or answer[key] is None:
             continue
-        if control.kind == "labels":
-            text = data.get(control.data_key)
-            if not isinstance(text, str):
-                continue
-            result.extend(_span_regions(control, text, raw, probs, dropped))
-        else:
-            region = _choice_region(control, raw, probs, dropped)
-            if region is not None:
-                result.append(region)
-    region_scores = [r.get("score") for r in result]
-    score = combine(region_scores)
+        part = AnswerPart(answer[key], member_at(root, key), probs if root is not None else None)
+        result.extend(handler_for(control).regions(control, data, part, dropped))
+    score = combine([r.get("score") for r in result])
     if score is None and probs is not None:
         score = probs.mean()
     return Prediction(result=result, score=score, dropped=dropped)
@@ -218,7 +86,7 @@ def offset_errors(result: list[dict[str, Any]], data: Mapping[str, Any], spec: T
         value = region.get("value") or {}
         if "start" not in value:
             continue
-        text = data.get(keys.get(region.get("to_name"), ""), None)
+        text = data.get(keys.get(str(region.get("to_name")), ""), None)
         start, end = value.get("start"), value.get("end")
         if not isinstance(text, str) or not isinstance(start, int) or not isinstance(end, int):
             errors.append(f"region {i}: span without text data or integer offsets")
@@ -237,11 +105,9 @@ def check_prediction(
     errors = list(interface.validate_prediction(dict(prediction), return_errors=True) or [])
     errors.extend(offset_errors(prediction.get("result") or [], data, spec))
     for region in prediction.get("result") or []:
-        if region.get("type") == "choices":
-            try:
-                control = spec.control(region["from_name"])
-            except KeyError:
-                continue
-            if not control.multiple and len(region["value"].get("choices", [])) > 1:
-                errors.append(f"several choices for single-choice control {control.name!r}")
+        try:
+            control = spec.control(str(region.get("from_name")))
+        except KeyError:
+            continue
+        errors.extend(handler_for(control).region_errors(control, region))
     return errors

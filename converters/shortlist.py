@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Callable, Iterable, Mapping, Sequence
 
 from nltk.stem.snowball import SnowballStemmer
 
-from converters.task_spec import ControlSpec, LabelSpec, TaskSpec
+from converters.controls import handler_for
+from converters.spec import ControlSpec, LabelSpec, TaskSpec
 
 # label value -> score, for one control
 Scores = Mapping[str, float]
@@ -76,13 +77,13 @@ class Lexicon:
 def result_labels_of(control: ControlSpec, result: Sequence[Mapping]) -> list[str]:
     """The label values a reviewed result gives this control."""
     out: list[str] = []
+    handler = handler_for(control)
     for region in result:
         if region.get("from_name") != control.name:
             continue
-        value = region.get("value") or {}
-        for label in (value.get("choices") or []) + (value.get("labels") or []):
-            if str(label) not in out:
-                out.append(str(label))
+        for label in handler.region_labels(region):
+            if label not in out:
+                out.append(label)
     return out
 
 

@@ -1,66 +1,27 @@
 """Label Studio label config -> TaskSpec: what the LLM must produce, read with label-studio-sdk.
 
-The TaskSpec is the only thing later stages (schema, prompt, region building) know about a config,
-so each of them can be tested with a hand-made spec.
+The TaskSpec (converters.spec) is the only thing later stages (schema, prompt, region building) know
+about a config, so each of them can be tested with a hand-made spec. Which tags are predicted, on which
+objects, is asked of the control handlers (converters.controls), so a new control kind needs no change
+here.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
-from label_studio_sdk.label_interface.control_tags import ChoicesTag, LabelsTag
 
-# Object tags whose task data is plain text that spans can be aligned in.
-SPAN_OBJECTS = {"Text"}
-# Object tags whose content can be shown to the model for classification.
-TEXT_OBJECTS = {"Text", "HyperText"}
+from converters.controls import HANDLERS, handler_for_tag
+from converters.spec import ControlSpec, LabelSpec, TaskSpec
+
+__all__ = ["ControlSpec", "LabelSpec", "TaskSpec", "UnsupportedConfig", "build_task_spec", "config_hash"]
 
 
 class UnsupportedConfig(ValueError):
     """The config has nothing this backend can predict; the message names the tags."""
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    value: str  # what Label Studio stores in the result (the alias when one is set)
-    display: str  # what the model sees and answers with (the Label's `value`)
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ControlSpec:
-    name: str
-    kind: str  # "labels" (spans) or "choices"
-    to_name: str
-    data_key: str
-    labels: tuple[LabelSpec, ...]
-    multiple: bool = False
-
-    def display_labels(self) -> list[str]:
-        return [label.display for label in self.labels]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    controls: tuple[ControlSpec, ...]
-    objects: tuple[tuple[str, str], ...]  # (object name, data key) of every text object used
-    instructions: str = ""
-    skipped: tuple[str, ...] = ()  # control tags present but not predicted (e.g. TextArea)
-    config_hash: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def control(self, name: str) -> ControlSpec:
-        for control in self.controls:
-            if control.name == name:
-                return control
-        raise KeyError(name)
-
-    @property
-    def data_keys(self) -> list[str]:
-        return [key for _, key in self.objects]
 
 
 def config_hash(label_config: str) -> str:
@@ -104,15 +65,11 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
     skipped: list[str] = []
     objects: dict[str, str] = {}
     for tag in interface.controls:
-        targets = [obj for obj in (tag.objects or []) if obj.tag in TEXT_OBJECTS]
-        if isinstance(tag, LabelsTag) and tag.tag == "Labels":
-            targets = [obj for obj in targets if obj.tag in SPAN_OBJECTS]
-            kind = "labels"
-        elif isinstance(tag, ChoicesTag):
-            kind = "choices"
-        else:
+        handler = handler_for_tag(tag.tag)
+        if handler is None:
             skipped.append(f"<{tag.tag} name=\"{tag.name}\">")
             continue
+        targets = [obj for obj in (tag.objects or []) if obj.tag in handler.object_tags]
         if not targets:
             on = ", ".join(f"<{obj.tag}>" for obj in (tag.objects or [])) or "nothing"
             skipped.append(f"<{tag.tag} name=\"{tag.name}\"> on {on}")
@@ -122,29 +79,25 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
         if not data_key:
             skipped.append(f"<{target.tag} name=\"{target.name}\"> without a $value")
             continue
-        labels = _labels(tag, _label_descriptions(extra, tag.name))
-        if not labels:
-            skipped.append(f"<{tag.tag} name=\"{tag.name}\"> without labels")
-            continue
-        multiple = kind == "choices" and (tag.attr or {}).get("choice") == "multiple"
-        controls.append(
-            ControlSpec(
-                name=tag.name,
-                kind=kind,
-                to_name=target.name,
-                data_key=data_key,
-                labels=labels,
-                multiple=multiple,
-            )
+        control = ControlSpec(
+            name=tag.name,
+            kind=handler.kind,
+            to_name=target.name,
+            data_key=data_key,
+            labels=_labels(tag, _label_descriptions(extra, tag.name)),
+            multiple=handler.multiple(tag.attr or {}),
         )
+        problem = handler.spec_problem(control)
+        if problem:
+            skipped.append(f"<{tag.tag} name=\"{tag.name}\"> {problem}")
+            continue
+        controls.append(control)
         objects[target.name] = data_key
 
     if not controls:
         found = ", ".join(skipped) or ", ".join(f"<{obj.tag}>" for obj in interface.objects) or "no tags"
-        raise UnsupportedConfig(
-            "unsupported label config: nothing to predict. This backend predicts <Labels> on <Text> and "
-            f"<Choices> on <Text>/<HyperText>; found {found}"
-        )
+        raise UnsupportedConfig(f"unsupported label config: nothing to predict. This backend predicts {_predicted()}; "
+                                f"found {found}")
     return TaskSpec(
         controls=tuple(controls),
         objects=tuple(objects.items()),
@@ -153,3 +106,9 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
         config_hash=config_hash(label_config),
         extra=extra,
     )
+
+
+def _predicted() -> str:
+    """What the handlers predict, for the error message: "<Labels> on <Text> and <Choices> on ..."."""
+    parts = [f"<{h.tag}> on " + "/".join(f"<{o}>" for o in h.object_tags) for h in HANDLERS]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]

@@ -8,15 +8,17 @@ is always the last message.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jinja2
 
+from converters.controls import handler_for
 from converters.group import group_example, group_schema
 from converters.output_schema import example_output, output_json_schema
-from converters.task_spec import TaskSpec
+from converters.spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class PromptRenderer:
         return self._system.render(
             instructions=spec.instructions,
             controls=spec.controls,
+            # each control's own lines (converters.controls), then its label list
+            tasks=[(control, handler_for(control).prompt_lines(control)) for control in spec.controls],
             show_format=show_format,
             example_json=json.dumps(example_output(spec), ensure_ascii=False),
             schema_json=json.dumps(output_json_schema(spec), ensure_ascii=False) if include_schema else "",

@@ -301,6 +301,7 @@ def test_ner_examples_use_display_names_in_reading_order(make_app, provider) -> 
     assert shot == {
         "label": [{"text": "Ada Lovelace", "label": "Person"}, {"text": "London", "label": "Location"}],
         "sentiment": "positive",
+        "topics": [],  # nothing chosen in a multiple-choice control: the empty answer, every key present
     }
 
 

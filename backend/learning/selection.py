@@ -29,7 +29,7 @@ from typing import Protocol
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.store.example_store import ExampleStore, StoredExample
-from converters.examples import result_to_answer
+from converters.examples import coverage_label, result_to_answer
 from converters.shortlist import Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
 from converters.task_spec import ControlSpec, TaskSpec
 from prompts import Example, TaskContext
@@ -157,15 +157,8 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 
 
 def _choice_label(entry: Entry, spec: TaskSpec) -> str | None:
-    """The label of the first single-choice control, for coverage."""
-    for control in spec.controls:
-        if control.kind == "choices" and not control.multiple:
-            for region in entry.example.result:
-                if region.get("from_name") == control.name:
-                    choices = (region.get("value") or {}).get("choices") or []
-                    if choices:
-                        return str(choices[0])
-    return None
+    """The label of the first single-choice control, for coverage (each control's handler decides)."""
+    return coverage_label(spec, entry.example.result)
 
 
 @dataclass(frozen=True)

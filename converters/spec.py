@@ -1,0 +1,52 @@
+"""The data a label config becomes: what the LLM must produce, per control, and nothing else.
+
+Plain frozen dataclasses, so every later stage (schema, prompt, regions, examples) can be tested with a
+hand-made spec; `converters.task_spec` builds them from a config, and `converters.controls` holds the
+behaviour of each control kind (`handler_for(control)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    value: str  # what Label Studio stores in the result (the alias when one is set)
+    display: str  # what the model sees and answers with (the Label's `value`)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    name: str
+    kind: str  # the handler's kind: the result type Label Studio stores ("labels" for spans, "choices")
+    to_name: str
+    data_key: str
+    labels: tuple[LabelSpec, ...]
+    multiple: bool = False
+
+    def display_labels(self) -> list[str]:
+        return [label.display for label in self.labels]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    controls: tuple[ControlSpec, ...]
+    objects: tuple[tuple[str, str], ...]  # (object name, data key) of every text object used
+    instructions: str = ""
+    skipped: tuple[str, ...] = ()  # control tags present but not predicted (e.g. TextArea)
+    config_hash: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def control(self, name: str) -> ControlSpec:
+        for control in self.controls:
+            if control.name == name:
+                return control
+        raise KeyError(name)
+
+    @property
+    def data_keys(self) -> list[str]:
+        return [key for _, key in self.objects]
