@@ -257,7 +257,7 @@ def test_prompt_contains_the_most_similar_reviewed_examples(make_app, provider, 
         post(client, annotation_event("ANNOTATION_CREATED", SENT, aid, aid, text_, [choice(label)], T0))
     drain(app)
     provider.responder = lambda body: json_answer({"sentiment": "negative"})
-    caplog.set_level(logging.DEBUG, logger="backend.predict.predictor")
+    caplog.set_level(logging.DEBUG, logger="backend.predict")  # the prompt debug line, wherever it lives there
     response = client.post(
         "/predict",
         json={"tasks": [{"id": 5000, "data": {"text": "my phone battery is terrible"}}],

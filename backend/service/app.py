@@ -25,7 +25,7 @@ from backend.learning.learner import EventWorker, Learner, VersionPolicy
 from backend.llm.client import LLMClient
 from backend.llm.local_status import CRASH_LOOP, read_status
 from backend.metrics import Metrics, local_model_metrics
-from backend.service.model import LLMBackendModel
+from backend.service.model import LLMBackendModel, StoreUnavailable
 from backend.predict.predictor import Predictor
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
@@ -196,6 +196,11 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
             items, version = model.predict(tasks, params.get("context"), body.get("project"), label_config)
         except (UnsupportedConfig, ValueError) as exc:
             return _error(400, str(exc))
+        except StoreUnavailable as exc:  # down and no label_config in the request (logged by the model)
+            return _error(503, str(exc))
+        except SQLAlchemyError as exc:  # a store read the model does not fall back from: not a 500 either
+            log.error("/predict: the store is unavailable (%s)", type(exc).__name__)
+            return _error(503, "the backend's store is unavailable")
         return jsonify({"results": items, "model_version": version})
 
     @app.post("/webhook")

@@ -27,6 +27,10 @@ from converters.examples import result_errors
 log = logging.getLogger(__name__)
 
 
+class StoreUnavailable(Exception):
+    """The store is down and the request lacks what only the store knows (-> 503 with this reason)."""
+
+
 def model_version(settings: Settings, model: str, examples_version: str = "e0") -> str:
     """prompt version + model + example-set version; equal in every worker for equal inputs."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")[:60] or "model"
@@ -51,6 +55,8 @@ class LLMBackendModel:
         self.examples = examples
         self.worker = worker
         self.push = push
+        self._store_outage = False  # a /predict read failed and none has succeeded since (logged once)
+        self._store_failures = 0
 
     def close(self) -> None:
         """Stop the background work and write what is pending; the CLI commands end with this."""
@@ -88,14 +94,25 @@ class LLMBackendModel:
         return {"model_version": self.version_for(plan, project_id)}
 
     def plan_for(self, project: Any, label_config: str | None) -> ProjectPlan:
+        """The plan for a request: its own label_config, else the one /setup stored for the project
+        (with the project's extra_params). With the store down, the request's label_config alone
+        (zero-shot, default extra_params); none in the request: StoreUnavailable (-> 503)."""
         info = None
         project_id = None
         if project is not None:
             try:
                 project_id = normalise_project_id(project)
-                info = self.projects.get(project_id)
             except ValueError:
                 project_id = None
+        if project_id is not None:
+            try:
+                info = self.projects.get(project_id)
+            except SQLAlchemyError as exc:
+                self._store_down(exc)
+                if not label_config:
+                    raise StoreUnavailable(
+                        "the backend's store is unavailable and the request has no label_config to predict with"
+                    ) from exc
         config = label_config or (info.label_config if info else None)
         if not config:
             raise ValueError("no label_config in the request and none known for this project")
@@ -112,24 +129,43 @@ class LLMBackendModel:
         """(one item per task in order, model_version). An item is a prediction dict, or [] for a task
         Label Studio should ask for again (failed, or delivered later by the push path).
 
-        Raises UnsupportedConfig/ValueError for a config that cannot be predicted. `context` (the
+        Raises UnsupportedConfig/ValueError for a config that cannot be predicted, StoreUnavailable when
+        the store is down and the request has no label_config. With the store down and a label_config
+        in the request, the tasks are predicted zero-shot (one warning line per outage). `context` (the
         interactive annotator's partial result) is not used for text yet."""
+        failures = self._store_failures
         plan = self.plan_for(project, label_config)
         project_id = self.project_key(project)
         try:
             version = self.version_for(plan, project_id)
-        except SQLAlchemyError:  # the store is down: predict zero-shot rather than fail
+        except SQLAlchemyError as exc:  # the store is down: predict zero-shot rather than fail
+            self._store_down(exc)
             version, project_id = self.version_for(plan), None
         try:
             pushed = self.try_push(plan, project_id, version, tasks)
-        except SQLAlchemyError:  # the store is down: answer synchronously instead
+        except SQLAlchemyError as exc:  # the store is down: answer synchronously instead
+            self._store_down(exc)
             pushed = False
         if pushed:
             # stored by the push; [] per task makes Label Studio store nothing now (measured)
             return [[] for _ in tasks], version
         results = self.predictor.predict_tasks(plan, tasks, version, project_id=project_id)
         self.predictor.llm.flush()  # the answers are in the store before Label Studio asks again
+        if self._store_outage and self._store_failures == failures and project_id is not None:
+            self._store_outage = False  # a whole /predict without a store error: the outage is over
+            log.info("the store answers again: /predict uses the projects' settings and examples")
         return [r.item for r in results], version
+
+    def _store_down(self, exc: Exception) -> None:
+        """Log one line per outage (not one per request)."""
+        self._store_failures += 1
+        if not self._store_outage:
+            self._store_outage = True
+            log.warning(
+                "the store is unavailable (%s): /predict answers zero-shot with the request's label_config "
+                "(no examples, no project extra_params), or 503 without one, until it answers",
+                type(exc).__name__,
+            )
 
     def try_push(
         self, plan: ProjectPlan, project_id: str | None, version: str, tasks: Sequence[Any]
