@@ -66,7 +66,7 @@ test: install ls-venv tools
 	LSLLM_LS_VENV=$(LS_VENV) $(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not local_model and not labelstudio"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -18,7 +18,7 @@ from labelstudio_harness import Backend, LabelStudio, cleanup, start_backend, st
 from converters.regions import offset_errors
 from converters.task_spec import build_task_spec
 
-pytestmark = pytest.mark.labelstudio
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 NER_SENT = config("ner_sentiment")
 from e2e_answers import TEXTS  # noqa: E402

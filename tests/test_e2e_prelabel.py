@@ -22,7 +22,7 @@ from conftest import assert_valid, config
 from labelstudio_harness import TOKEN, LabelStudio, free_port
 from scripted_provider import Reply, ScriptedProvider, last_user_text
 
-pytestmark = pytest.mark.labelstudio
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 SENTIMENT = config("sentiment")
 LABELS = ("positive", "negative", "neutral")

@@ -18,7 +18,7 @@ from backend.llm.local_server import (
 from backend.service.app import build_model, create_app
 from backend.settings import Settings
 
-pytestmark = pytest.mark.local_model
+pytestmark = [pytest.mark.local_model, pytest.mark.slow]
 
 if importlib.util.find_spec("llama_cpp") is None:  # pragma: no cover - make install always has it
     pytest.skip("llama-cpp-python is not installed (the [local] extra)", allow_module_level=True)

@@ -121,6 +121,7 @@ def test_a_decoding_server_is_ready_and_its_status_is_written(tmp_path: Path) ->
     assert not server.status_file.exists()
 
 
+@pytest.mark.slow  # restarts a dying server until the loop is declared (about 5 s)
 def test_crash_loop_shows_in_health_metrics_and_one_log_line(tmp_path: Path, caplog) -> None:
     targets = [fake("ok")]  # the first start works; every later start segfaults until told otherwise
     base = settings(tmp_path, local_crash_loop_deaths=3, local_crash_loop_seconds=60, local_restart_backoff_max=0.2)
@@ -203,7 +204,7 @@ def start_parent(tmp_path: Path, model: str, fake_server: str) -> tuple[subproce
     return parent, int(line)
 
 
-@pytest.mark.parametrize("mode", ["fake", pytest.param("real", marks=pytest.mark.local_model)])
+@pytest.mark.parametrize("mode", ["fake", pytest.param("real", marks=[pytest.mark.local_model, pytest.mark.slow])])
 def test_server_dies_when_its_parent_is_killed(tmp_path: Path, mode: str) -> None:
     if mode == "fake":
         model = tmp_path / "model.gguf"

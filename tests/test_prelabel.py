@@ -95,6 +95,7 @@ def test_second_run_pays_nothing(tmp_path) -> None:
     assert stats.cache_hits == 40 and stats.llm_calls == 0 and stats.pushed == 40 and stats.cost == 0
 
 
+@pytest.mark.slow  # retries with backoff against a failing provider
 def test_outage_stops_after_bounded_failures_and_keeps_what_is_done(tmp_path) -> None:
     served = Counter()
 

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from backend.store.db import make_engine, migrate
 from backend.llm.response_cache import ResponseCache, cache_key
 from conftest import ROOT, config, json_answer
@@ -49,6 +51,7 @@ def test_cache_can_be_turned_off(make_app, provider) -> None:
     assert len(provider.requests) == 2
 
 
+@pytest.mark.slow  # three `lsllm predict` subprocesses
 def test_no_cache_flag_of_lsllm_predict(tmp_path) -> None:
     (tmp_path / "tasks.json").write_text(json.dumps([{"data": {"text": "hello"}}]))
     with ScriptedProvider(lambda body: json_answer({"sentiment": "neutral"})) as provider:

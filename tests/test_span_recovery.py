@@ -117,6 +117,7 @@ def dataset_answers(tasks: list[dict], from_name: str) -> dict[str, dict]:
     return answers
 
 
+@pytest.mark.slow  # an `lsllm predict` subprocess over 500 tasks
 @pytest.mark.parametrize("name", ["conll2003", "wnut17"])
 def test_lsllm_predict_on_dataset_samples(tmp_path: Path, name: str) -> None:
     sample = DATASETS / f"ner_{name}_test_sample500.json"

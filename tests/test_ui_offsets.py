@@ -29,7 +29,7 @@ from test_e2e_labelstudio import (
     wait_for,
 )
 
-pytestmark = pytest.mark.labelstudio
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PREDICTED = "🎉🎉 Café, naïve: Ada Lovelace spoke."
