@@ -274,8 +274,11 @@ def migrate(engine: Engine) -> int:
     """Bring any older store up to SCHEMA_VERSION; safe when several processes start at once."""
     for attempt in range(5):
         try:
-            metadata.create_all(engine)
+            # create_all inside the write transaction: as a deferred transaction of its own it read the
+            # schema, then asked for the write lock, and two workers starting on a new SQLite file
+            # deadlocked there ("database is locked" at once, no busy wait; a worker failed to boot)
             with write(engine) as conn:
+                metadata.create_all(conn)
                 current = schema_version(conn)
                 for version, step in MIGRATIONS:
                     if version > current:
