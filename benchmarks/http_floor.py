@@ -1,6 +1,6 @@
 """The CPU floor of one provider call from Python: N chat-completion requests from T threads against the
 scripted server (its own process), sent with the openai SDK's `client.post` (what the backend uses) and
-with bare `httpx2` (the SDK's transport), nothing else.
+with the SDK's bare transport client (`openai.DefaultHttpxClient`: httpx2 from openai 3, httpx before), nothing else.
 
     .venv/bin/python benchmarks/http_floor.py [--n 640] [--threads 16] [--latency 0.05]
 
@@ -19,8 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx2
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "m", "messages": [{"role": "system", "content": "Label the sentiment. " * 20},
@@ -41,10 +40,10 @@ def main() -> None:
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().strip()
     sdk = OpenAI(base_url=url, api_key="x", max_retries=0)
-    bare = httpx2.Client(base_url=url, timeout=30)
+    bare = DefaultHttpxClient(base_url=url, timeout=30)
     senders = {
-        "openai SDK client.post": lambda: sdk.post("/chat/completions", cast_to=httpx2.Response, body=BODY).json(),
-        "bare httpx2": lambda: bare.post("/chat/completions", json=BODY).json(),
+        "openai SDK client.post": lambda: json.loads(sdk.post("/chat/completions", cast_to=str, body=BODY)),
+        "bare transport client": lambda: bare.post("/chat/completions", json=BODY).json(),
     }
     try:
         with ThreadPoolExecutor(args.threads) as pool:

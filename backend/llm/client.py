@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import httpx2
 import openai
 from openai import OpenAI
 from sqlalchemy.exc import SQLAlchemyError
@@ -307,12 +306,12 @@ class LLMClient:
         # chat.completions.create, without its recursive TypedDict transform of the request (which walks
         # the whole JSON schema on every call: about 1 ms of CPU per task, measured) or building pydantic
         # models for the response.
-        response = self._client.post(
-            "/chat/completions", cast_to=httpx2.Response, body=kwargs, options={"timeout": timeout}
-        )
+        # cast_to=str: the body as text, whichever HTTP library this SDK version is built on (httpx, or
+        # httpx2 from openai 3) — this module imports neither.
+        body = self._client.post("/chat/completions", cast_to=str, body=kwargs, options={"timeout": timeout})
         seconds = time.perf_counter() - started
         try:
-            completion = response.json()
+            completion = json.loads(body)
         except ValueError:
             completion = None
         try:
