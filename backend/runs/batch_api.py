@@ -35,7 +35,7 @@ from backend.llm.client import LLMAnswer, LLMError, answer_from_completion
 from backend.predict.predictor import ProjectPlan, TaskPrompt, TaskResult, task_texts
 from backend.runs.prelabel import Progress, RunBase, RunStats, RunTarget
 from converters.output_schema import output_json_schema
-from converters.task_spec import ControlSpec, LabelSpec
+from converters.spec import ControlSpec, LabelSpec
 
 log = logging.getLogger(__name__)
 
