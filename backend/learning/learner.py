@@ -20,7 +20,7 @@ from backend.store.db import write
 from backend.store.example_store import ExampleStore, PendingEvent
 from backend.metrics import Metrics
 from backend.store.project_store import ProjectStore, count_changes, next_generation, upsert_project
-from converters.examples import result_errors, result_labels, reviewer_changed
+from converters.examples import result_errors, result_labels, reviewer_changed, unanswered
 from converters.task_spec import TaskSpec, build_task_spec
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ class Learner:
             status = "skipped"
         elif parsed is not None and result_errors(parsed[1], parsed[0], data, annotation["result"]):
             status = "set_aside"
-        elif not annotation.get("result"):
-            status = "skipped"
+        elif parsed is not None and unanswered(parsed[0], annotation["result"]):
+            status = "set_aside"  # e.g. a single choice left empty: kept, but no answer to show
+        # an empty submitted result is an answer ("no entities"): live; only was_cancelled is skipped
         values = {
             "task_id": task.get("id"),
             "data": json.dumps(data, ensure_ascii=False),
@@ -171,7 +172,7 @@ class Learner:
         seq = next_generation(conn, pid)
         changes = 0
         for example in self.store.all_rows(conn, pid, ("live", "set_aside")):
-            fits = set(example.labels) <= known
+            fits = set(example.labels) <= known and not unanswered(spec, example.result)
             wanted = "live" if fits else "set_aside"
             if wanted != example.status:
                 self.store.set_status(conn, pid, example.annotation_id, wanted, seq)
