@@ -182,3 +182,42 @@ def test_a_new_control_kind_is_one_handler(monkeypatch: pytest.MonkeyPatch) -> N
     assert check_prediction(LabelInterface(label_config), spec, {"text": "good"}, prediction.as_ls("v")) == []
     assert result_to_answer(spec, prediction.result) == {"stars": 4}
     assert groupable(spec)
+
+
+# The system prompt as the template rendered it before the handlers: the response cache keys on it.
+NER_SENTIMENT_SYSTEM = """You are a careful data annotator. You label text for a Label Studio project.
+
+Project instructions:
+Be careful.
+
+Task "label": find every named entity mention in the text and give each one a label.
+Copy each entity exactly as it is written in the text (same spelling, case and punctuation), one item per
+mention, in the order the mentions appear; if the same entity is mentioned twice, list it twice.
+Do not label anything that is not one of these labels.
+Labels:
+- Person: people
+- Organization
+- Location
+
+Task "sentiment": choose the single label that fits the text best.
+Labels:
+- positive
+- neutral
+- negative
+
+Task "topics": choose every label that applies to the text (one or more).
+Labels:
+- politics
+- sports
+- business
+- science
+
+Answer with one JSON object and nothing else. Its keys are the task names above.
+Example of the form (the values are placeholders):
+{"label": [{"text": "<entity as written>", "label": "Person"}], "sentiment": "positive", "topics": ["politics"]}"""
+
+
+def test_the_system_prompt_is_unchanged_by_the_handlers() -> None:
+    extra = {"instructions": "Be careful.", "label_descriptions": {"PER": "people"}}
+    spec = build_task_spec((CONFIGS / "ner_sentiment.xml").read_text(), extra)
+    assert PromptRenderer().system(spec, show_format=True) == NER_SENTIMENT_SYSTEM
