@@ -81,7 +81,7 @@ class ProjectVectors:
 class VectorSource:
     """The embeddings `CandidateSource` for `backend.learning.selection.Selector`."""
 
-    unavailable = (EmbeddingsUnavailable,)
+    unavailable: tuple[type[Exception], ...] = (EmbeddingsUnavailable,)
 
     def __init__(self, embedder: Embedder, store: EmbeddingStore | None = None, sync_wait: float = 2.0) -> None:
         self.embedder = embedder

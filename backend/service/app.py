@@ -191,7 +191,8 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise _BadRequest("'label_config' must be a string")
-        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        raw_params = body.get("params")
+        params = raw_params if isinstance(raw_params, dict) else {}
         try:
             items, version = model.predict(tasks, params.get("context"), body.get("project"), label_config)
         except (UnsupportedConfig, ValueError) as exc:
