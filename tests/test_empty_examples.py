@@ -39,7 +39,7 @@ LABEL = {"per": "PER", "org": "ORG", "loc": "LOC", "misc": "MISC"}
 def conll_like(n: int, seed: int = 2003) -> list[tuple[str, list[tuple[str, str]]]]:
     """n (sentence, [(entity, label)]) pairs, one in five without entities."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[str, list[tuple[str, str]]]] = []
     for i in range(n):
         if i % 5 == 4:
             out.append((rng.choice(WITHOUT).format(n=rng.randint(1, 9), m=rng.randint(0, 9)), []))
