@@ -60,7 +60,6 @@ class ChoicesHandler:
         lookup = label_lookup(control)
         allowed = control.display_labels()
         values = part.value if isinstance(part.value, list) else [part.value]
-        nodes = part.node.items if isinstance(part.value, list) and part.node is not None else None
         chosen: list[str] = []
         scores: list[float | None] = []
         for index, value in enumerate(values):
@@ -73,7 +72,7 @@ class ChoicesHandler:
                 continue
             if stored in chosen:
                 continue
-            node = item_at(part.node, index) if nodes is not None else part.node
+            node = item_at(part.node, index) if isinstance(part.value, list) else part.node
             chosen.append(stored)
             scores.append(part.score(node, allowed))
             if not control.multiple:
