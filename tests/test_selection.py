@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import config
+from scripted_provider import hashed_bag_of_words
 
 from backend.learning.selection import Entry, LexicalIndex, Selector, choose, tokenize
+from backend.learning.vector_index import VectorSource
 from backend.store.db import make_engine, migrate, write
 from backend.store.example_store import ExampleStore, StoredExample
 from backend.store.project_store import next_generation
@@ -287,3 +291,90 @@ def test_concurrent_refresh_and_selection_never_break_a_task(store: ExampleStore
     assert set(final.entries) <= written
     assert index_is_consistent(final)
 
+
+
+# --- the embeddings source under concurrency -------------------------------------------------------
+
+
+class FakeEmbedder:
+    """The Embedder interface over hashed bags of words; texts containing "slow" wait for `gate`."""
+
+    model = "fake-embeddings"
+    batch_size = 16
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if any("slow" in t for t in texts):
+            assert self.gate.wait(30)
+        return np.asarray([hashed_bag_of_words(t) for t in texts], dtype=np.float32)
+
+
+def test_concurrent_refresh_and_embeddings_selection_never_break_a_task(store: ExampleStore) -> None:
+    """A guard for the embeddings path under the lexical stress test's load (vectors follow the index's
+    snapshots). It passed on the old code too; what failed there is the next test."""
+    seed = [(aid, f"common shared words item{aid}", "positive") for aid in range(1, 201)]
+    add(store, seed)
+    selector = Selector(store, k=4, token_budget=10_000, refresh_seconds=0, vectors=VectorSource(FakeEmbedder()))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for i in range(80):
+                base = 1000 + 5 * i
+                add(store, [(base + j, f"common shared words new{base + j}", "negative") for j in range(5)],
+                    deleted=(base - 10,) if i % 2 else ())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                assert 0 < len(selector.context(PID, SENT, {"text": "common shared words"}).examples) <= 4
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, f"{len(errors)} failures, first: {errors[0]!r}"
+
+
+def test_a_slow_embeddings_sync_does_not_hold_up_other_tasks() -> None:
+    """No lock is held across the embedder or the store for everyone: while one task embeds new
+    examples, another waits at most `sync_wait` and then uses the vectors already there."""
+    embedder = FakeEmbedder()
+    source = VectorSource(embedder, sync_wait=0.2)  # type: ignore[arg-type]
+    first = LexicalIndex.build([row(a, f"battery phone {a}", seq=1) for a in range(1, 6)])
+    assert len(source.candidates(PID, first, "battery", 2).hits) == 5
+    second = first.updated([row(6, "slow battery phone", seq=2)])
+    embedder.gate.clear()
+    syncing = threading.Thread(target=source.candidates, args=(PID, second, "battery", 2))
+    answers: list[list[tuple[float, int]]] = []
+    waiting = threading.Thread(target=lambda: answers.append(source.candidates(PID, second, "battery", 2).hits))
+    try:
+        syncing.start()
+        time.sleep(0.1)  # the first thread is now inside the slow embedding call
+        started = time.monotonic()
+        waiting.start()
+        waiting.join(timeout=5)
+        assert not waiting.is_alive(), "a task waited for another task's embedding call"
+        assert time.monotonic() - started < 2.0
+    finally:
+        embedder.gate.set()
+        syncing.join(timeout=10)
+        waiting.join(timeout=10)
+    assert {a for _, a in answers[0]} == {1, 2, 3, 4, 5}  # the vectors there were, the new one not yet
+    assert {a for _, a in source.candidates(PID, second, "battery", 2).hits} == {1, 2, 3, 4, 5, 6}
