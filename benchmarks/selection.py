@@ -4,12 +4,14 @@
 
 Examples are the shared datasets' training texts (Banking77, CLINC150, SST-2, CoNLL-2003, WNUT-17,
 TweetEval), cycled with a suffix until N are reached; queries are Banking77 test texts. Prints p50,
-p95 and max milliseconds of `select_examples` (k=8), and the index build time.
+p95 and max milliseconds of `select_examples` (k=8), the index build time, and the time a refresh takes
+to build the next snapshot with 1 and 100 new examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -72,6 +74,13 @@ def main() -> None:
         f"select_examples ms: p50 {statistics.median(timings):.2f}, "
         f"p95 {timings[int(0.95 * len(timings)) - 1]:.2f}, max {timings[-1]:.2f}"
     )
+    # a refresh builds the next immutable snapshot from this one (what a webhook costs each process)
+    for changed in (1, 100):
+        fresh = [dataclasses.replace(r, annotation_id=len(rows) + 1 + j, seq=len(rows) + 1) for j, r in
+                 enumerate(rows[:changed])]
+        t0 = time.perf_counter()
+        index.updated(fresh)
+        print(f"refresh with {changed} new example(s): {(time.perf_counter() - t0) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
