@@ -243,7 +243,7 @@ def test_concurrent_refresh_and_selection_never_break_a_task(store: ExampleStore
         add(store, seed[start : start + 100])
     selector = Selector(store, k=4, token_budget=10_000, refresh_seconds=0)
     selector.index(PID)
-    rounds, written = 150, {aid for aid, _, _ in seed}
+    rounds, written = 80, {aid for aid, _, _ in seed}
     errors: list[BaseException] = []
     done = threading.Event()
     calls = [0]

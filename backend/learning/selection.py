@@ -244,8 +244,7 @@ def choose(
             per_label[labels[best]] += 1
         for a in candidates:
             similarity = overlap(a, best)
-            if similarity > redundancy[a]:
-                redundancy[a] = similarity
+            redundancy[a] = max(redundancy[a], similarity)
     chosen.sort(key=lambda a: (relevance[a], -a))
     return [entries[a] for a in chosen]
 
@@ -334,12 +333,13 @@ class Selector:
     """Per-process indexes over the shared store, refreshed at most every `refresh_seconds`.
 
     Each project's index is an immutable `LexicalIndex` snapshot. A task takes the current one and
-    searches it without a lock; a refresh (one thread per project at a time) reads the rows changed
-    since the snapshot's seq with no lock held, builds the next snapshot from the old one and swaps the
-    reference. A task that finds its project due for a refresh while another thread is refreshing it
-    waits at most `refresh_wait` seconds (then uses the snapshot it has). When the store is down, tasks
-    keep the last snapshot (none yet: no examples, zero-shot) and one warning line is logged per outage.
-    `clock` is injectable so tests advance time instead of sleeping."""
+    searches it without a lock. A refresh reads the rows changed since the snapshot's seq, builds the
+    next snapshot from the old one and swaps the reference; the lock that guards the references is
+    never held across the query. Refreshes of one project run one at a time: a task that finds the
+    project due while another thread refreshes it waits at most `refresh_wait` seconds for that refresh
+    (a hanging store cannot hold every task), then uses the newest snapshot. When the store is down,
+    tasks keep the last snapshot (none loaded yet: no examples, zero-shot) and one warning line is
+    logged per outage. `clock` is injectable so tests advance time instead of sleeping."""
 
     def __init__(
         self,
@@ -385,8 +385,8 @@ class Selector:
             except SQLAlchemyError as exc:
                 if not project.store_down:
                     log.warning(
-                        "project %s: example store unavailable (%s); few-shot examples from the last "
-                        "snapshot (%d) until it answers",
+                        "project %s: example store unavailable (%s); few-shot examples come from the last "
+                        "snapshot (%d examples; none: zero-shot) until it answers",
                         project_id,
                         type(exc).__name__,
                         len(snapshot.entries),
