@@ -29,7 +29,7 @@ def declared(extras: tuple[str, ...]) -> set[str]:
     requirements = list(project["dependencies"])
     for extra in extras:
         requirements += project["optional-dependencies"][extra]
-    return {normalise(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}
+    return {normalise(re.split(r"[^A-Za-z0-9._-]", r.strip(), maxsplit=1)[0]) for r in requirements}
 
 
 def imports(paths: list[Path]) -> dict[str, set[str]]:

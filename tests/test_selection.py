@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -317,7 +317,8 @@ def test_concurrent_refresh_and_embeddings_selection_never_break_a_task(store: E
     snapshots). It passed on the old code too; what failed there is the next test."""
     seed = [(aid, f"common shared words item{aid}", "positive") for aid in range(1, 201)]
     add(store, seed)
-    selector = Selector(store, k=4, token_budget=10_000, refresh_seconds=0, vectors=VectorSource(FakeEmbedder()))
+    vectors = VectorSource(cast(Any, FakeEmbedder()))
+    selector = Selector(store, k=4, token_budget=10_000, refresh_seconds=0, vectors=vectors)
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -356,7 +357,7 @@ def test_a_slow_embeddings_sync_does_not_hold_up_other_tasks() -> None:
     """No lock is held across the embedder or the store for everyone: while one task embeds new
     examples, another waits at most `sync_wait` and then uses the vectors already there."""
     embedder = FakeEmbedder()
-    source = VectorSource(embedder, sync_wait=0.2)  # type: ignore[arg-type]
+    source = VectorSource(cast(Any, embedder), sync_wait=0.2)
     first = LexicalIndex.build([row(a, f"battery phone {a}", seq=1) for a in range(1, 6)])
     assert len(source.candidates(PID, first, "battery", 2).hits) == 5
     second = first.updated([row(6, "slow battery phone", seq=2)])

@@ -25,7 +25,7 @@ from converters.task_spec import build_task_spec
 
 SENT = config("sentiment")
 T0 = 1_790_000_000.0
-TASK = {"id": 1, "data": {"text": "the battery died after an hour"}}
+TASK: dict[str, Any] = {"id": 1, "data": {"text": "the battery died after an hour"}}
 
 
 def break_sqlite(app: Any) -> None:
