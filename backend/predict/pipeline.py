@@ -145,10 +145,10 @@ class TaskPipeline:
             log.warning("task %s: %s", task_id, exc)
             return TaskResult([], error=str(exc), reason="bad_task")
         prompt = self.prompt(plan, texts, project_id)
-        answer, failure = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}", urgent)
-        if answer is None:
-            self.metrics.tasks.labels(failure.reason).inc()
-            return failure
+        answer = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}", urgent)
+        if isinstance(answer, TaskResult):  # the call failed for good
+            self.metrics.tasks.labels(answer.reason).inc()
+            return answer
         return self.finish(plan, task, prompt, answer, model_version)
 
     def finish(
@@ -246,11 +246,11 @@ class TaskPipeline:
             show_format=mode is not ResponseFormat.json_schema,
             include_schema=mode in (ResponseFormat.json_object, ResponseFormat.text),
         )
-        answer, failure = self._complete(plan, messages, group_schema(plan.schema, n), deadline,
-                                         f"group of {n} (task {valid[0][1].get('id')}...)", urgent)
-        if answer is None:
-            self.metrics.tasks.labels(failure.reason).inc(n)
-            return [failure] * n
+        answer = self._complete(plan, messages, group_schema(plan.schema, n), deadline,
+                                f"group of {n} (task {valid[0][1].get('id')}...)", urgent)
+        if isinstance(answer, TaskResult):  # the call failed for good
+            self.metrics.tasks.labels(answer.reason).inc(n)
+            return [answer] * n
         share_in, share_out = answer.prompt_tokens // n, answer.completion_tokens // n
         try:
             parts = split_group_answer(parse_answer(answer.content), n)
@@ -273,20 +273,20 @@ class TaskPipeline:
     def _complete(
         self, plan: ProjectPlan, messages: list[dict[str, str]], schema: dict[str, Any], deadline: float | None,
         what: str, urgent: bool,
-    ) -> tuple[LLMAnswer, None] | tuple[None, TaskResult]:
-        """(answer, None), or (None, the failed result) when the call failed for good."""
+    ) -> LLMAnswer | TaskResult:
+        """The answer, or the failed task's result when the call failed for good."""
         timeout = self.settings.llm_timeout
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
             if timeout <= 0.2:
-                return None, TaskResult([], error="deadline reached before the LLM call", reason="deadline")
+                return TaskResult([], error="deadline reached before the LLM call", reason="deadline")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s prompt: %s", what, json.dumps(messages, ensure_ascii=False))
         try:
-            return self.llm.complete(messages, schema, self.call_options(plan, timeout, deadline, urgent)), None
+            return self.llm.complete(messages, schema, self.call_options(plan, timeout, deadline, urgent))
         except LLMError as exc:
             log.warning("%s: %s", what, exc)
-            return None, TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
+            return TaskResult([], error=str(exc), reason=f"llm_{exc.kind}", messages=messages)
 
     def _item(
         self, plan: ProjectPlan, spec: TaskSpec, task: Mapping[str, Any], parsed: Mapping[str, Any],
