@@ -22,7 +22,7 @@ LLAMA_WHEELS ?= $(HOME)/.cache/lsllm/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION
 LS_VERSION ?= 1.23.2
 LS_VENV    ?= $(HOME)/.cache/lsllm/ls-venv-$(LS_VERSION)
 
-.PHONY: install run test test-fast ls-venv tools bench clean
+.PHONY: install run test test-fast lint ls-venv tools bench clean
 
 install: $(VENV)/.installed-$(LLAMA_KEY)
 
@@ -62,7 +62,12 @@ tools:
 		|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium docker-compose; } \
 		|| echo "chromium/docker-compose not installed: the UI and compose checks will skip (outside CI)"
 
-test: install ls-venv tools
+# ruff (style, imports, likely bugs) on everything, mypy on the code; both clean before the suite runs
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install ls-venv tools lint
 	LSLLM_LS_VENV=$(LS_VENV) $(BIN)/python -m pytest -q
 
 test-fast: install
