@@ -82,8 +82,35 @@ def test_choose_falls_back_to_any_label_when_the_capped_ones_are_exhausted() -> 
     hits = [(1.0, 1), (0.9, 2), (0.8, 3)]
     # 2 labels, k=3: cap = ceil(3/2) = 2, so both positives and the negative
     assert sorted(ids(choose(entries, hits, SENT, 3, 10_000, no_overlap))) == [1, 2, 3]
-    # k=2: cap 1: one positive and the negative, although the second positive is more similar
-    assert sorted(ids(choose(entries, hits, SENT, 2, 10_000, no_overlap))) == [1, 3]
+    # k=2 and a 3-label control: more labels than k, no coverage: the two most similar (both positive)
+    assert sorted(ids(choose(entries, hits, SENT, 2, 10_000, no_overlap))) == [1, 2]
+
+
+def test_choose_covers_labels_only_when_the_control_has_no_more_labels_than_k() -> None:
+    # a 2-label control and k=2: the cap (1 per label) keeps the less similar negative in the prompt
+    two = build_task_spec(
+        '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
+        '<Choice value="positive"/><Choice value="negative"/></Choices></View>'
+    )
+    entries = {1: entry(1, label="positive"), 2: entry(2, label="positive"), 3: entry(3, label="negative")}
+    hits = [(1.0, 1), (0.9, 2), (0.8, 3)]
+    assert sorted(ids(choose(entries, hits, two, 2, 10_000, no_overlap))) == [1, 3]
+
+
+def test_choose_keeps_the_nearest_same_intent_examples_of_a_large_label_set() -> None:
+    # 20 intents, k=8: the five nearest examples share one intent, the next ones span 5 others. The old
+    # cap (ceil(8/6) = 2 per label) kept only two of the five; relevance alone keeps all five.
+    intents = [f"intent{i}" for i in range(20)]
+    many = build_task_spec(
+        '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
+        + "".join(f'<Choice value="{v}"/>' for v in intents) + "</Choices></View>"
+    )
+    entries = {a: entry(a, label="intent0") for a in range(1, 6)}
+    entries.update({a: entry(a, label=intents[a - 5]) for a in range(6, 12)})
+    hits = [(1.0 - a / 100, a) for a in range(1, 12)]
+    chosen = ids(choose(entries, hits, many, 8, 10_000, no_overlap))
+    assert {1, 2, 3, 4, 5} <= set(chosen)
+    assert len(chosen) == 8
 
 
 def test_choose_prefers_corrections() -> None:
