@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     embeddings_model: str | None = Field(
         default=None,
         validation_alias="EMBEDDINGS_MODEL",
-        description="embeddings model for few-shot selection and label shortlists (unset: lexical)",
+        description="provider embeddings model for few-shot selection and label shortlists (unset: the "
+        "bundled WordLlama vectors, or lexical with SELECTION_SIMILARITY=lexical)",
     )
     embeddings_base_url: str | None = Field(
         default=None, validation_alias="EMBEDDINGS_BASE_URL", description="defaults to the LLM's base URL"
@@ -153,6 +154,41 @@ class Settings(BaseSettings):
         description="a control with more labels than this shows only a per-task shortlist (0: never)",
     )
     label_shortlist_size: int = Field(default=20, ge=2, validation_alias="LABEL_SHORTLIST_SIZE")
+    selection_similarity: str = Field(
+        default="embeddings",
+        pattern="^(embeddings|lexical)$",
+        validation_alias="SELECTION_SIMILARITY",
+        description="few-shot selection and label shortlists by embeddings (EMBEDDINGS_MODEL, else the "
+        "bundled WordLlama vectors; an outage falls back to lexical per task) or by word overlap (lexical)",
+    )
+
+    # --- the student: a classifier per single-choice <Choices> control, trained on reviewed examples --
+    student_mode: str = Field(
+        default="cascade",
+        pattern="^(cascade|hint|off)$",
+        validation_alias="STUDENT_MODE",
+        description="cascade: a confident student answers without an LLM call (below STUDENT_MIN_EXAMPLES "
+        "reviewed examples: hint); hint: the student's top labels lead the shortlist, the LLM decides; "
+        "off: no student",
+    )
+    student_min_examples: int = Field(
+        default=50, ge=2, validation_alias="STUDENT_MIN_EXAMPLES",
+        description="reviewed examples a control needs before the student may answer alone (cascade)",
+    )
+    student_precision: float = Field(
+        default=0.95, gt=0, le=1, validation_alias="STUDENT_PRECISION",
+        description="the cascade answers alone above the probability whose cross-validated precision is this",
+    )
+    student_c: float = Field(default=10.0, gt=0, validation_alias="STUDENT_C",
+                             description="inverse regularisation of the student's logistic regression")
+    student_debounce_seconds: float = Field(
+        default=5.0, ge=0, validation_alias="STUDENT_DEBOUNCE_SECONDS",
+        description="quiet time after the example set changes before the student is retrained",
+    )
+    student_hint_labels: int = Field(
+        default=5, ge=0, validation_alias="STUDENT_HINT_LABELS",
+        description="the student's top labels that lead a label shortlist (hint and cascade)",
+    )
 
     # --- Label Studio API (START_TRAINING resync; falls back to /setup's hostname + token) --------
     label_studio_url: str | None = Field(default=None, validation_alias="LABEL_STUDIO_URL")
