@@ -154,6 +154,38 @@ class Settings(BaseSettings):
         description="a control with more labels than this shows only a per-task shortlist (0: never)",
     )
     label_shortlist_size: int = Field(default=20, ge=2, validation_alias="LABEL_SHORTLIST_SIZE")
+
+    # --- long documents and private data (backend/predict/chunked.py) ----------------------------
+    chunk_chars: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="CHUNK_CHARS",
+        description="characters of a text per NER call; longer texts are split on sentence boundaries "
+        "(0: from the model's context and LLM_MAX_TOKENS)",
+    )
+    chunk_overlap_chars: int = Field(
+        default=200, ge=0, validation_alias="CHUNK_OVERLAP_CHARS",
+        description="whole sentences of up to this many characters that a chunk repeats from the one before",
+    )
+    llm_context_tokens: int = Field(
+        default=32_000, ge=512, validation_alias="LLM_CONTEXT_TOKENS",
+        description="a provider's context window (the embedded model's is LOCAL_N_CTX): the budget of a "
+        "classification call",
+    )
+    long_choices: str = Field(
+        default="select", pattern="^(select|vote)$", validation_alias="LONG_CHOICES",
+        description="a <Choices> text over the budget: select (head, tail and the sentences nearest the "
+        "labels, one call) or vote (one call per chunk, votes combined)",
+    )
+    pii_masking: str = Field(
+        default="off", pattern="^(off|on|always)$", validation_alias="PII_MASKING",
+        description="on: personal data is replaced by placeholders before a text goes to a hosted provider "
+        "(not the embedded model); always: also for the embedded model",
+    )
+    pii_entities: str = Field(
+        default="EMAIL,PHONE,IBAN,CREDIT_CARD,IP,PERSON", validation_alias="PII_ENTITIES",
+        description="what PII_MASKING masks (converters/masking.py KINDS)",
+    )
     selection_similarity: str = Field(
         default="embeddings",
         pattern="^(embeddings|lexical)$",

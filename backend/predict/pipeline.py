@@ -17,6 +17,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from backend.llm.client import CallOptions, LLMAnswer, LLMClient, LLMError
 from backend.metrics import Metrics
+from backend.predict.chunked import DocumentRunner
 from backend.predict.plans import PlanBook, ProjectPlan
 from backend.settings import ResponseFormat, Settings
 from converters.confidence import TokenProbs
@@ -107,6 +108,7 @@ class TaskPipeline:
         self.plans = plans
         self.renderer = renderer
         self.context = context
+        self.documents = DocumentRunner(settings)  # long texts in chunks, PII masking
 
     # --- one task ------------------------------------------------------------------------------
     def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None) -> TaskPrompt:
@@ -144,6 +146,8 @@ class TaskPipeline:
             self.metrics.tasks.labels("bad_task").inc()
             log.warning("task %s: %s", task_id, exc)
             return TaskResult([], error=str(exc), reason="bad_task")
+        if self.documents.handles(plan, texts):  # a long text, or masking on: backend.predict.chunked
+            return self.documents.predict(self, plan, task, texts, model_version, deadline, project_id, urgent)
         prompt = self.prompt(plan, texts, project_id)
         answer = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}", urgent)
         if isinstance(answer, TaskResult):  # the call failed for good
@@ -176,7 +180,7 @@ class TaskPipeline:
         none is shortlisted (a shortlist is per task), else 1."""
         k = self.settings.llm_tasks_per_call
         threshold = self.settings.label_shortlist_threshold
-        if k <= 1 or not groupable(plan.spec):
+        if k <= 1 or not groupable(plan.spec) or self.documents.masking:  # masking is per task
             return 1
         if threshold and any(len(c.labels) > threshold for c in plan.spec.controls):
             return 1
