@@ -18,12 +18,15 @@ from typing import Any
 from label_studio_sdk.label_interface import LabelInterface
 
 from converters.controls import IncompleteAnswer, handler_for, handler_for_region
+from converters.controls.base import HostsPerRegion
 from converters.regions import offset_errors
 from converters.spec import ControlSpec, TaskSpec
 
 
 def _regions_of(control: ControlSpec, result: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [region for region in result if region.get("from_name") == control.name]
+    """A control's regions, and those of its perRegion controls (the attributes of its spans)."""
+    names = {control.name, *(child.name for child in control.per_region)}
+    return [region for region in result if region.get("from_name") in names]
 
 
 def result_to_answer(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -63,10 +66,15 @@ def coverage_label(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> str |
 
 
 def result_labels(result: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every label value in a result (for label coverage and for setting aside vanished labels)."""
+    """Every label value in a result (for label coverage and for setting aside vanished labels).
+
+    A perRegion attribute (a choices/textarea result carrying a span's offsets) is not counted: it is an
+    attribute of a span, not a label of the example, and its control is not a top-level control."""
     out: list[str] = []
     for region in result:
         handler = handler_for_region(region)
+        if "start" in (region.get("value") or {}) and not isinstance(handler, HostsPerRegion):
+            continue
         for label in handler.region_labels(region) if handler is not None else []:
             if label not in out:
                 out.append(label)
@@ -79,7 +87,8 @@ def result_errors(
     """Why a reviewed result does not fit the project's config (empty when it fits)."""
     if not isinstance(result, list) or not all(isinstance(r, Mapping) for r in result):
         return ["result is not a list of regions"]
-    relevant = [dict(r) for r in result if r.get("from_name") in {c.name for c in spec.controls}]
+    names = {name for c in spec.controls for name in (c.name, *(child.name for child in c.per_region))}
+    relevant = [dict(r) for r in result if r.get("from_name") in names]
     errors = list(interface.validate_prediction({"result": relevant}, return_errors=True) or [])
     errors.extend(offset_errors(relevant, data, spec))
     return errors

@@ -93,6 +93,8 @@ def offset_errors(result: list[dict[str, Any]], data: Mapping[str, Any], spec: T
             continue
         if not 0 <= start < end <= len(text):
             errors.append(f"region {i}: offsets {start}-{end} outside text of length {len(text)}")
+        elif isinstance(value.get("text"), list):
+            continue  # a perRegion TextArea on a span: its texts take the `text` key, the offsets are checked
         elif text[start:end] != value.get("text"):
             errors.append(f"region {i}: text {value.get('text')!r} != data[{start}:{end}] {text[start:end]!r}")
     return errors
@@ -104,10 +106,19 @@ def check_prediction(
     """All reasons Label Studio (with its validation flag on) or a reviewer would reject this."""
     errors = list(interface.validate_prediction(dict(prediction), return_errors=True) or [])
     errors.extend(offset_errors(prediction.get("result") or [], data, spec))
+    owners = _controls_by_name(spec)
     for region in prediction.get("result") or []:
-        try:
-            control = spec.control(str(region.get("from_name")))
-        except KeyError:
-            continue
-        errors.extend(handler_for(control).region_errors(control, region))
+        control = owners.get(str(region.get("from_name")))
+        if control is not None:
+            errors.extend(handler_for(control).region_errors(control, region))
     return errors
+
+
+def _controls_by_name(spec: TaskSpec) -> dict[str, ControlSpec]:
+    """Every predicted control by name, perRegion controls (attributes of spans) included."""
+    out: dict[str, ControlSpec] = {}
+    for control in spec.controls:
+        out.setdefault(control.name, control)
+        for child in control.per_region:
+            out.setdefault(child.name, child)
+    return out

@@ -27,9 +27,26 @@ class ControlSpec:
     data_key: str
     labels: tuple[LabelSpec, ...]
     multiple: bool = False
+    attrs: tuple[tuple[str, str], ...] = ()  # the tag's own attributes (min, max, maxRating, rows, ...)
+    per_region: tuple[ControlSpec, ...] = ()  # perRegion controls: attributes of each span of this control
+
+    def __post_init__(self) -> None:
+        # Built again from JSON (batch state files): lists of pairs and dicts become the frozen forms.
+        object.__setattr__(self, "attrs", tuple((str(k), str(v)) for k, v in self.attrs))
+        children = tuple(c if isinstance(c, ControlSpec) else _control_from_dict(c) for c in self.per_region)
+        object.__setattr__(self, "per_region", children)
 
     def display_labels(self) -> list[str]:
         return [label.display for label in self.labels]
+
+    def attr(self, name: str, default: str | None = None) -> str | None:
+        """One of the tag's attributes as written in the config (None/default when absent)."""
+        return dict(self.attrs).get(name, default)
+
+
+def _control_from_dict(raw: Mapping[str, Any]) -> ControlSpec:
+    labels = tuple(label if isinstance(label, LabelSpec) else LabelSpec(**label) for label in raw.get("labels", ()))
+    return ControlSpec(**{**raw, "labels": labels})
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ here.
 from __future__ import annotations
 
 import hashlib
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from converters.controls import HANDLERS, handler_for_tag
+from converters.controls import HANDLERS, handler_for, handler_for_tag
+from converters.controls.base import HostsPerRegion, ReadsOwnLabels
 from converters.spec import ControlSpec, LabelSpec, TaskSpec
 
 __all__ = ["ControlSpec", "LabelSpec", "TaskSpec", "UnsupportedConfig", "build_task_spec", "config_hash"]
@@ -64,6 +67,8 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
     controls: list[ControlSpec] = []
     skipped: list[str] = []
     objects: dict[str, str] = {}
+    per_region: list[tuple[Any, ControlSpec]] = []  # (tag, spec) of perRegion controls, attached below
+    elements: dict[str, ET.Element] | None = None
     for tag in interface.controls:
         handler = handler_for_tag(tag.tag)
         if handler is None:
@@ -79,20 +84,34 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
         if not data_key:
             skipped.append(f"<{target.tag} name=\"{target.name}\"> without a $value")
             continue
+        descriptions = _label_descriptions(extra, tag.name)
+        if isinstance(handler, ReadsOwnLabels):  # a tree of labels (Taxonomy) the SDK flattens
+            if elements is None:
+                elements = _control_elements(label_config)
+            element = elements.get(tag.name)
+            labels = handler.read_labels(element, descriptions) if element is not None else ()
+        else:
+            labels = _labels(tag, descriptions)
+        attrs = tag.attr or {}
         control = ControlSpec(
             name=tag.name,
             kind=handler.kind,
             to_name=target.name,
             data_key=data_key,
-            labels=_labels(tag, _label_descriptions(extra, tag.name)),
-            multiple=handler.multiple(tag.attr or {}),
+            labels=labels,
+            multiple=handler.multiple(attrs),
+            attrs=tuple((str(k), str(v)) for k, v in attrs.items()),
         )
         problem = handler.spec_problem(control)
         if problem:
             skipped.append(f"<{tag.tag} name=\"{tag.name}\"> {problem}")
             continue
+        if attrs.get("perRegion") == "true":
+            per_region.append((tag, control))
+            continue
         controls.append(control)
         objects[target.name] = data_key
+    controls = _attach_per_region(controls, per_region, skipped)
 
     if not controls:
         found = ", ".join(skipped) or ", ".join(f"<{obj.tag}>" for obj in interface.objects) or "no tags"
@@ -106,6 +125,36 @@ def build_task_spec(label_config: str, extra_params: Mapping[str, Any] | None = 
         config_hash=config_hash(label_config),
         extra=extra,
     )
+
+
+def _control_elements(label_config: str) -> dict[str, ET.Element]:
+    """Control name -> its XML element (the config already parsed with LabelInterface, so it is XML)."""
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError:
+        return {}
+    return {str(el.attrib["name"]): el for el in root.iter() if "name" in el.attrib and "toName" in el.attrib}
+
+
+def _attach_per_region(
+    controls: list[ControlSpec], per_region: list[tuple[Any, ControlSpec]], skipped: list[str]
+) -> list[ControlSpec]:
+    """perRegion controls become attributes of the span controls on the same object (their answers are
+    part of each span's item); one with no span control to host it is skipped with the reason."""
+    for tag, child in per_region:
+        hosts = [i for i, c in enumerate(controls) if c.to_name == child.to_name and _hosts(c, child)]
+        if not hosts:
+            skipped.append(f"<{tag.tag} name=\"{tag.name}\" perRegion=\"true\"> "
+                           "without spans (<Labels>) it can describe")
+            continue
+        for i in hosts:
+            controls[i] = replace(controls[i], per_region=(*controls[i].per_region, child))
+    return controls
+
+
+def _hosts(control: ControlSpec, child: ControlSpec) -> bool:
+    handler = handler_for(control)
+    return isinstance(handler, HostsPerRegion) and handler.accepts_per_region(child)
 
 
 def _predicted() -> str:

@@ -50,11 +50,11 @@ def test_no_code_outside_the_handlers_asks_which_kind_a_control_is() -> None:
 
 
 def test_every_handler_is_registered_by_kind_and_tag() -> None:
-    assert {h.kind for h in HANDLERS} == {"labels", "choices"}
+    assert {h.kind for h in HANDLERS} == {"labels", "choices", "textarea", "number", "rating", "taxonomy"}
     for handler in HANDLERS:
         assert controls.handler_for_tag(handler.tag) is handler
         assert controls.handler_for_region({"type": handler.kind}) is handler
-    assert controls.handler_for_tag("TextArea") is None
+    assert controls.handler_for_tag("PolygonLabels") is None
     with pytest.raises(KeyError, match="no handler for control kind 'polygon'"):
         handler_for(ControlSpec("p", "polygon", "img", "image", ()))
 

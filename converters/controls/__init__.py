@@ -16,6 +16,10 @@ from typing import Any
 from converters.controls.base import AnswerPart, ControlHandler, IncompleteAnswer, Region
 from converters.controls.choices import ChoicesHandler
 from converters.controls.labels import LabelsHandler
+from converters.controls.number import NumberHandler
+from converters.controls.rating import RatingHandler
+from converters.controls.taxonomy import TaxonomyHandler
+from converters.controls.textarea import TextAreaHandler
 from converters.spec import ControlSpec
 
 __all__ = [
@@ -30,7 +34,14 @@ __all__ = [
 ]
 
 # The kinds this backend predicts, in no particular order. Handlers are stateless constants.
-HANDLERS: tuple[ControlHandler, ...] = (LabelsHandler(), ChoicesHandler())
+HANDLERS: tuple[ControlHandler, ...] = (
+    LabelsHandler(),
+    ChoicesHandler(),
+    TextAreaHandler(),
+    NumberHandler(),
+    RatingHandler(),
+    TaxonomyHandler(),
+)
 
 _BY_KIND: Mapping[str, ControlHandler] = MappingProxyType({handler.kind: handler for handler in HANDLERS})
 _BY_TAG: Mapping[str, ControlHandler] = MappingProxyType({handler.tag.casefold(): handler for handler in HANDLERS})

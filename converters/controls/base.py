@@ -12,12 +12,12 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from converters.confidence import Node, TokenProbs
-from converters.spec import ControlSpec
+from converters.spec import ControlSpec, LabelSpec
 
 Region = dict[str, Any]
 
@@ -105,6 +105,24 @@ class ControlHandler(Protocol):
 
     def groupable(self, control: ControlSpec) -> bool:
         """Whether several tasks can be answered in one call for this control."""
+        ...
+
+
+@runtime_checkable
+class ReadsOwnLabels(Protocol):
+    """A kind whose labels are a tree the SDK flattens (Taxonomy): it reads them from the tag's XML."""
+
+    def read_labels(self, element: Any, descriptions: Mapping[str, str]) -> tuple[LabelSpec, ...]:
+        """The control's labels from its XML element (an xml.etree Element)."""
+        ...
+
+
+@runtime_checkable
+class HostsPerRegion(Protocol):
+    """A span kind (Labels) whose spans carry the answers of perRegion controls on the same object."""
+
+    def accepts_per_region(self, child: ControlSpec) -> bool:
+        """Whether a perRegion control of this kind can be answered as an attribute of each span."""
         ...
 
 

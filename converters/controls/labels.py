@@ -4,6 +4,14 @@ aligned to exact offsets (converters.align), and each span is scored from the to
 Answer form: `[{"text": ..., "label": ...}, ...]` in reading order. Also read: items with other key
 names ("entity"/"type", ...), `[text, label]` pairs and `{label: [texts]}`. An empty list is a valid
 answer (a sentence with no entities), and so is an empty reviewed result.
+
+perRegion controls on the same object (`<Choices perRegion="true">`, `<TextArea perRegion="true">`) are
+attributes of each span, answered in the same call: each item gains one key per such control (null
+when it does not apply; a `whenLabelValue` control applies only to spans of that label). Label Studio
+stores an attribute as its own result item with the span's `id`, the control's `from_name`/`type`, and
+the span's start/end in its value: `{"start", "end", "text", "choices": [...]}` for choices, and
+`{"start", "end", "text": [texts]}` for a TextArea (whose texts take the `text` key). A chosen
+attribute is scored from its own tokens; an unknown one is dropped and the span kept.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, create_model
 
 from converters.align import Mention, align_mentions
-from converters.confidence import Node, item_at, key_at, member_at
+from converters.confidence import Node, combine, item_at, key_at, member_at
 from converters.controls.base import (
     AnswerPart,
     Region,
@@ -26,6 +34,7 @@ from converters.controls.base import (
     region_id,
     safe_name,
 )
+from converters.controls.textarea import clean_texts, example_texts
 from converters.spec import ControlSpec
 
 _TEXT_KEYS = ("text", "entity", "span", "value", "mention", "name")
@@ -51,6 +60,7 @@ class LabelsHandler:
             __base__=Strict,
             text=(str, Field(description="the entity exactly as written in the text")),
             label=(labels, Field(description="one of the allowed labels")),
+            **{f"a{i}_{safe_name(child.name)}": _attribute_field(child) for i, child in enumerate(control.per_region)},
         )
         return list[entity]  # type: ignore[valid-type]
 
@@ -58,7 +68,10 @@ class LabelsHandler:
         return "every entity mention, in order of appearance"
 
     def placeholder(self, control: ControlSpec) -> Any:
-        return [{"text": "<entity as written>", "label": control.display_labels()[0]}]
+        item: dict[str, Any] = {"text": "<entity as written>", "label": control.display_labels()[0]}
+        for child in control.per_region:
+            item[child.name] = _attribute_placeholder(child)
+        return [item]
 
     def prompt_lines(self, control: ControlSpec) -> tuple[str, ...]:
         return (
@@ -66,9 +79,15 @@ class LabelsHandler:
             "Copy each entity exactly as it is written in the text (same spelling, case and punctuation), one item per",
             "mention, in the order the mentions appear; if the same entity is mentioned twice, list it twice.",
             "Do not label anything that is not one of these labels.",
+            *_attribute_lines(control),
         )
 
-    def regions(self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter) -> list[Region]:
+    def accepts_per_region(self, child: ControlSpec) -> bool:
+        return child.kind in _ATTRIBUTE_KINDS and (child.kind != "choices" or bool(child.labels))
+
+    def regions(
+        self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter
+    ) -> list[Region]:
         text = data.get(control.data_key)
         if not isinstance(text, str):
             return []
@@ -76,13 +95,16 @@ class LabelsHandler:
         allowed = control.display_labels()
         placed: list[Mention] = []
         scores: list[float | None] = []
-        for surface, label, label_node in mentions(part.value, part.node):
+        origins: list[tuple[Mapping[str, Any] | None, Node | None]] = []
+        items = _items(part.value, part.node)
+        for index, (surface, label, label_node) in enumerate(mentions(part.value, part.node)):
             stored = lookup.get(norm_label(label))
             if stored is None:
                 dropped["unknown_label" if surface else "malformed"] += 1
                 continue
             placed.append(Mention(surface, stored))
             scores.append(part.score(label_node, allowed) if surface else None)
+            origins.append(items[index] if index < len(items) else (None, None))
         spans, misses = align_mentions(text, placed)
         for miss in misses:
             dropped[miss.reason] += 1
@@ -99,6 +121,9 @@ class LabelsHandler:
             if score is not None:
                 region["score"] = score
             regions.append(region)
+            item, item_node = origins[span.mention_index]
+            if item is not None and control.per_region:
+                regions.extend(_attribute_regions(control, region, item, item_node, part, dropped))
         return regions
 
     def region_errors(self, control: ControlSpec, region: Mapping[str, Any]) -> list[str]:
@@ -106,12 +131,16 @@ class LabelsHandler:
 
     def example_answer(self, control: ControlSpec, regions: Sequence[Mapping[str, Any]]) -> Any:
         names = display_names(control)
-        items: list[tuple[int, dict[str, str]]] = []
+        items: list[tuple[int, dict[str, Any]]] = []
         for region in regions:
             value = region.get("value") or {}
             labels = value.get("labels") or []
-            if region.get("type") == self.kind and labels and "text" in value:
-                items.append((int(value.get("start", 0)), {"text": value["text"], "label": names.get(labels[0], labels[0])}))
+            if region.get("type") == self.kind and region.get("from_name", control.name) == control.name \
+                    and labels and "text" in value:
+                item: dict[str, Any] = {"text": value["text"], "label": names.get(labels[0], labels[0])}
+                for child in control.per_region:
+                    item[child.name] = _attribute_answer(child, region, regions)
+                items.append((int(value.get("start", 0)), item))
         return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
     def region_labels(self, region: Mapping[str, Any]) -> list[str]:
@@ -122,6 +151,160 @@ class LabelsHandler:
 
     def groupable(self, control: ControlSpec) -> bool:
         return False  # spans need the exact text of their own task
+
+
+# --- perRegion attributes of spans ---------------------------------------------------------------------
+_ATTRIBUTE_KINDS = ("choices", "textarea")
+
+
+def _attribute_field(child: ControlSpec) -> Any:
+    """(type, Field) of one perRegion control's key in each entity item."""
+    if child.kind == "choices":
+        labels: Any = Literal[tuple(child.display_labels())]  # type: ignore[valid-type]
+        if child.multiple:
+            return (list[labels], Field(alias=child.name, description="every label that applies (may be empty)"))  # type: ignore[valid-type]
+        return (labels | None, Field(alias=child.name, description="the label of this entity, or null"))
+    return (str | None, Field(alias=child.name, description="a short text about this entity, or null"))
+
+
+def _attribute_placeholder(child: ControlSpec) -> Any:
+    if child.kind == "choices":
+        first = child.display_labels()[0]
+        return [first] if child.multiple else first
+    return "<text about the entity>"
+
+
+def _attribute_lines(control: ControlSpec) -> list[str]:
+    if not control.per_region:
+        return []
+    lines = ["Give each entity item these keys too:"]
+    for child in control.per_region:
+        when = child.attr("whenLabelValue")
+        scope = f" (only for entities labelled {when}; null for the others)" if when else ""
+        if child.kind == "choices":
+            options = ", ".join(child.display_labels())
+            if child.multiple:
+                lines.append(f'- "{child.name}": every one of [{options}] that applies to the entity (a list){scope}')
+            else:
+                lines.append(f'- "{child.name}": one of [{options}] for the entity, or null when none applies{scope}')
+        else:
+            lines.append(f'- "{child.name}": a short text about the entity, or null when there is nothing to say'
+                         + scope)
+    return lines
+
+
+def _applies(child: ControlSpec, stored_label: str, control: ControlSpec) -> bool:
+    when = child.attr("whenLabelValue")
+    if not when:
+        return True
+    names = display_names(control)
+    return norm_label(when) in (norm_label(stored_label), norm_label(names.get(stored_label, stored_label)))
+
+
+def _attribute_regions(
+    control: ControlSpec, span: Region, item: Mapping[str, Any], item_node: Node | None, part: AnswerPart,
+    dropped: Counter,
+) -> list[Region]:
+    """The perRegion results of one span: same id, the span's offsets, the attribute's value."""
+    out: list[Region] = []
+    value = span["value"]
+    for child in control.per_region:
+        raw = _member(item, child.name)
+        if raw is None or (isinstance(raw, (list, str)) and not raw):
+            continue
+        if not _applies(child, value["labels"][0], control):
+            dropped["attribute_not_applicable"] += 1
+            continue
+        node = member_at(item_node, child.name) if part.probs is not None else None
+        region: Region = {
+            "id": span["id"],
+            "from_name": child.name,
+            "to_name": child.to_name,
+            "type": child.kind,
+            "value": {"start": value["start"], "end": value["end"], "text": value["text"]},
+        }
+        if child.kind == "choices":
+            chosen, scores = _attribute_choices(child, raw, node, part, dropped)
+            if not chosen:
+                continue
+            region["value"]["choices"] = chosen
+            score = combine(scores)
+            if score is not None:
+                region["score"] = score
+        else:
+            texts = clean_texts(child, raw, dropped)
+            if not texts:
+                continue
+            region["value"]["text"] = texts
+        out.append(region)
+    return out
+
+
+def _attribute_choices(
+    child: ControlSpec, raw: Any, node: Node | None, part: AnswerPart, dropped: Counter
+) -> tuple[list[str], list[float | None]]:
+    lookup = label_lookup(child)
+    values = raw if isinstance(raw, list) else [raw]
+    chosen: list[str] = []
+    scores: list[float | None] = []
+    for index, value in enumerate(values):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            dropped["malformed"] += 1
+            continue
+        stored = lookup.get(norm_label(str(value)))
+        if stored is None:
+            dropped["unknown_label"] += 1
+            continue
+        if stored in chosen:
+            continue
+        chosen.append(stored)
+        scores.append(part.score(item_at(node, index) if isinstance(raw, list) else node, child.display_labels()))
+        if not child.multiple:
+            break
+    return chosen, scores
+
+
+def _attribute_answer(child: ControlSpec, span: Mapping[str, Any], regions: Sequence[Mapping[str, Any]]) -> Any:
+    """What the reviewer gave this span for one perRegion control (its answer form; null/[] if nothing)."""
+    span_value = span.get("value") or {}
+    found: list[Mapping[str, Any]] = []
+    for region in regions:
+        if region.get("from_name") != child.name:
+            continue
+        value = region.get("value") or {}
+        same_id = span.get("id") is not None and region.get("id") == span.get("id")
+        same_place = value.get("start") == span_value.get("start") and value.get("end") == span_value.get("end")
+        if same_id or same_place:
+            found.append(value)
+    if child.kind == "choices":
+        names = display_names(child)
+        chosen: list[str] = []
+        for value in found:
+            for choice in value.get("choices") or []:
+                if names.get(choice, choice) not in chosen:
+                    chosen.append(names.get(choice, choice))
+        return chosen if child.multiple else (chosen[0] if chosen else None)
+    texts: list[str] = []
+    for value in found:
+        stored = value.get("text")
+        texts.extend(t for t in (stored if isinstance(stored, list) else []) if isinstance(t, str) and t.strip())
+    return example_texts(child, texts) if texts else None
+
+
+def _member(item: Mapping[str, Any], name: str) -> Any:
+    if name in item:
+        return item[name]
+    folded = {str(k).casefold(): k for k in item}
+    key = folded.get(name.casefold())
+    return item[key] if key is not None else None
+
+
+def _items(raw: Any, node: Node | None) -> list[tuple[Mapping[str, Any] | None, Node | None]]:
+    """(the item object, its node) for each entry `mentions` gives, in the same order: only list items
+    that are objects can carry perRegion attributes."""
+    if not isinstance(raw, list):
+        return []
+    return [(item if isinstance(item, Mapping) else None, item_at(node, i)) for i, item in enumerate(raw)]
 
 
 def _first_present(item: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, Any] | None:
