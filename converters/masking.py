@@ -92,13 +92,21 @@ class PiiDetector:
         from gender_guesser.detector import Detector
 
         names = Detector(case_sensitive=True).names
-        # a first name must look like one: capitalised, at least 2 letters
-        return frozenset(n for n in names if len(n) >= 2 and n[0].isupper() and not n.isupper())
+        # a first name must look like one (capitalised, at least 2 letters) and not be a common English
+        # word ("The", "May", "Will" are first names in the list)
+        return frozenset(n for n in names if len(n) >= 2 and n[0].isupper() and not n.isupper()
+                         and n.casefold() not in self._stop_words)
+
+    @cached_property
+    def _stop_words(self) -> frozenset[str]:
+        from spacy.lang.en.stop_words import STOP_WORDS  # a word list in spaCy's package: no model
+
+        return frozenset(STOP_WORDS)
 
     def warm(self) -> None:
         """Load the recognizers and the name list now (not on the first task)."""
         with self._lock:
-            _ = self._recognizers, self._first_names
+            _ = self._recognizers, self._stop_words, self._first_names
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping findings in text order (a longer or surer finding wins an overlap)."""
@@ -127,6 +135,7 @@ class PiiDetector:
                 j = i
                 # the surname(s): following capitalised words on the same line
                 while (j + 1 < len(words) and j - i < 3 and words[j + 1].group()[:1].isupper()
+                       and len(words[j + 1].group()) > 1 and words[j + 1].group().casefold() not in self._stop_words
                        and text[words[j].end():words[j + 1].start()] in (" ", " -")):
                     j += 1
                 out.append(Finding(words[i].start(), words[j].end(), "PERSON", 0.5))
