@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import assert_valid
 from long_docs_provider import CONLL, CONLL_CONFIG, GoldProvider, conll_sentences, join_document
@@ -144,3 +146,36 @@ def test_plan_cut_sends_a_short_or_several_object_task_whole() -> None:
     assert plan_cut(settings, ner, {"t": "A long sentence. " * 10}).calls > 1
     two = TaskSpec(ner.controls, (("t", "text"), ("u", "other")))
     assert plan_cut(settings, two, {"t": "A long sentence. " * 10, "u": "x"}).name is None
+
+
+def test_lsllm_plan_shows_chunked_tasks_the_calls_they_add_and_masking(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from backend.cli import main
+
+    long_text = "Ada Lovelace met Charles Babbage in London. " * 60  # 2,640 characters: 3 chunks of <= 1,000
+    tasks = [{"text": long_text}] * 4 + [{"text": "A short one."}] * 6
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    (tmp_path / "config.xml").write_text(CONLL_CONFIG.read_text() if CONLL_CONFIG.exists() else NER_CONFIG)
+    for key, value in {"LLM_BASE_URL": "http://127.0.0.1:9/v1", "DATA_DIR": str(tmp_path / "data"),
+                       "CHUNK_CHARS": "1000", "PII_MASKING": "on"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["plan", "--config", str(tmp_path / "config.xml"), "--tasks", str(tmp_path / "tasks.json"),
+                 "--calls", "0"]) == 0
+    out = capsys.readouterr().out
+    extra = 4 * (len(split_text(long_text, 1000, 200)) - 1)
+    assert extra >= 8
+    assert f"4 tasks sent in chunks, {extra} more calls" in out
+    assert re.search(r"^PII masking +on ", out, re.M)
+
+    monkeypatch.setenv("PII_MASKING", "off")
+    monkeypatch.setenv("CHUNK_CHARS", "0")
+    assert main(["plan", "--config", str(tmp_path / "config.xml"), "--tasks", str(tmp_path / "tasks.json"),
+                 "--calls", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "none over the budget: one call per task" in out
+    assert re.search(r"^PII masking +off$", out, re.M)
+
+
+NER_CONFIG = """<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/></Labels>
+<Text name="text" value="$text"/></View>"""

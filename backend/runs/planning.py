@@ -6,17 +6,23 @@ sent to the provider for real: its `usage` gives the tokens per character of thi
 and the completion length, and the wall time gives the latency. Those answers land in the response
 cache, so the run that follows does not pay for them again. With no calls, 4 characters per token is
 assumed and the completion and time are left unknown rather than guessed.
+
+A task whose text is over the budget is sent in chunks (backend.predict.chunked): its prompt is counted
+chunk by chunk, and the table says how many tasks that is and how many calls it adds, and whether PII
+masking is on for this provider.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from backend.predict.predictor import Predictor, ProjectPlan, task_texts
 from backend.llm.pricing import PriceTable, format_cost
+from backend.predict.chunked import masking_applies, plan_cut
+from backend.predict.predictor import Predictor, ProjectPlan, task_texts
 
 DEFAULT_CHARS_PER_TOKEN = 4.0
 
@@ -35,6 +41,18 @@ class Estimate:
     seconds_per_call: float | None
     concurrency: int
     cost_per_task: float | None
+    chunked_share: float = 0.0  # of the sampled tasks, the share sent in several calls
+    calls_per_task: float = 1.0  # LLM calls per task, chunks counted (no retries)
+    masking: bool = False  # PII_MASKING applies to this provider
+
+    @property
+    def chunked_tasks(self) -> int:
+        return round(self.chunked_share * self.tasks)
+
+    @property
+    def extra_calls(self) -> int:
+        """Calls the chunks add over one per task."""
+        return round((self.calls_per_task - 1.0) * self.tasks)
 
     @property
     def prompt_tokens_mean(self) -> float:
@@ -58,7 +76,7 @@ class Estimate:
     def seconds(self) -> float | None:
         if self.seconds_per_call is None:
             return None
-        return self.tasks * self.seconds_per_call / self.concurrency
+        return self.tasks * self.calls_per_task * self.seconds_per_call / self.concurrency
 
     def table(self) -> str:
         how = f"measured on {self.calls} calls" if self.measured_tokens else "assumed 4 chars/token"
@@ -72,12 +90,17 @@ class Estimate:
         rows = [
             ("model", self.model),
             ("tasks", f"{self.tasks:,} (prompts rendered for {self.sampled})"),
-            ("prompt tokens", f"{self.prompt_tokens_mean:,.0f} per task (p95 {self.prompt_chars_p95 * self.tokens_per_char:,.0f}), "
+            ("prompt tokens", f"{self.prompt_tokens_mean:,.0f} per task "
+                              f"(p95 {self.prompt_chars_p95 * self.tokens_per_char:,.0f}), "
                               f"{self.total_prompt_tokens:,} in all ({how})"),
             ("completion tokens", completion),
             ("cost", format_cost(self.total_cost) + (" for the prompts alone" if self.total_cost is not None
                                                      and self.completion_tokens_mean is None else "")),
             ("time", duration),
+            ("long texts", f"{self.chunked_tasks:,} tasks sent in chunks, {self.extra_calls:,} more calls"
+                           if self.chunked_tasks else "none over the budget: one call per task"),
+            ("PII masking", "on (placeholders replace personal data before the provider)" if self.masking
+                            else "off"),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -109,14 +132,18 @@ def estimate(
 ) -> Estimate:
     """Raises ValueError when no sampled task can be rendered."""
     chars: list[float] = []
+    calls_per_task: list[int] = []
     renderable: list[tuple[Mapping[str, Any], int]] = []
     for task in sample:
         try:
             texts = task_texts(plan.spec, task)
         except ValueError:
             continue
-        n = sum(len(m["content"]) for m in predictor.messages(plan, texts, project_id))
+        cut = plan_cut(predictor.settings, plan.spec, texts)
+        parts = [texts] if cut.name is None else [{**texts, cut.name: c.text} for c in cut.chunks]
+        n = sum(len(m["content"]) for part in parts for m in predictor.messages(plan, part, project_id))
         chars.append(n)
+        calls_per_task.append(cut.calls)
         renderable.append((task, n))
     if not chars:
         raise ValueError("none of the sampled tasks has the text fields the label config reads")
@@ -147,4 +174,7 @@ def estimate(
         seconds_per_call=(sum(live) / len(live)) if live else None,
         concurrency=concurrency,
         cost_per_task=cost_per_task,
+        chunked_share=sum(1 for c in calls_per_task if c > 1) / len(calls_per_task),
+        calls_per_task=sum(calls_per_task) / len(calls_per_task),
+        masking=masking_applies(predictor.settings),
     )
