@@ -107,6 +107,38 @@ class Settings(BaseSettings):
     basic_auth_pass: SecretStr | None = Field(default=None, validation_alias="BASIC_AUTH_PASS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     max_body_mb: float = Field(default=64.0, gt=0, validation_alias="MAX_BODY_MB")
+    # --- request limits and webhook authentication (issue 14) ---
+    max_webhook_mb: float = Field(
+        default=4.0,
+        gt=0,
+        validation_alias="MAX_WEBHOOK_MB",
+        description="a /webhook body above this many MB gets 413 (a real annotation event is a few KB)",
+    )
+    max_predict_tasks: int = Field(
+        default=20_000,
+        ge=1,
+        validation_alias="MAX_PREDICT_TASKS",
+        description="a /predict with more tasks gets 413 (Label Studio sends a whole project in one request)",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=500,
+        validation_alias="MAX_JSON_DEPTH",
+        description="JSON bodies nested deeper than this get 400 (Label Studio's payloads are < 10 deep)",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias="WEBHOOK_SECRET",
+        description="when set, every /webhook event must carry it in the X-Lsllm-Webhook-Secret header "
+        "(for webhooks configured by hand); otherwise per-project secrets are installed through the API",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="SECRET_KEY",
+        description="key for Label Studio tokens at rest and per-project webhook secrets (unset: a key "
+        "generated once in DATA_DIR/secret.key, mode 0600; replicas sharing a database must share it)",
+    )
     predict_deadline: float = Field(
         default=80.0,
         gt=0,
@@ -223,6 +255,7 @@ class Settings(BaseSettings):
     )
 
     # --- Label Studio API (START_TRAINING resync; falls back to /setup's hostname + token) --------
+    # with LABEL_STUDIO_URL set, pushes, resyncs and webhook installs go only there, whatever /setup says
     label_studio_url: str | None = Field(default=None, validation_alias="LABEL_STUDIO_URL")
     label_studio_api_key: SecretStr | None = Field(default=None, validation_alias="LABEL_STUDIO_API_KEY")
 

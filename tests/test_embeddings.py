@@ -243,10 +243,10 @@ def _schema_4_store(url: str) -> None:
 def _check_migrated(url: str) -> None:
     engine = make_engine(url)
     assert "example_embeddings" not in inspect(engine).get_table_names()
-    assert migrate(engine) == SCHEMA_VERSION == 5
+    assert migrate(engine) == SCHEMA_VERSION
     assert migrate(engine) == SCHEMA_VERSION  # idempotent
     with engine.connect() as conn:
-        assert schema_version(conn) == 5
+        assert schema_version(conn) == SCHEMA_VERSION
         assert conn.execute(select(examples.c.data)).scalar_one() == '{"text": "kept"}'
     store = EmbeddingStore(engine)
     store.save("7", "emb-1", [(1, "h1", np.array([0.6, 0.8], dtype=np.float32))])

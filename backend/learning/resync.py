@@ -1,7 +1,8 @@
 """START_TRAINING: read every annotation of a project back from Label Studio with label-studio-sdk.
 
-Credentials: LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY when set, otherwise the hostname and access token
-Label Studio sent to /setup for this project.
+Credentials: with LABEL_STUDIO_URL set, requests go only there (with LABEL_STUDIO_API_KEY, else the token
+/setup sent), whatever hostname a /setup named; without it, the hostname and access token Label Studio
+sent to /setup together (the store forgets a token when a /setup names another host without one).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import logging
 from typing import Any
 
 from backend.labelstudio.api import as_dict, client_for, iter_task_pages
-from backend.store.project_store import ProjectStore
-from backend.settings import Settings
 from backend.learning.intake import BadEvent, parse_annotation
+from backend.settings import Settings
+from backend.store.project_store import ProjectStore
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,19 @@ class ResyncError(RuntimeError):
 
 
 def credentials(settings: Settings, projects: ProjectStore, project_id: str) -> tuple[str, str]:
-    if settings.label_studio_url and settings.label_studio_api_key:
-        return settings.label_studio_url, settings.label_studio_api_key.get_secret_value()
+    """(url, token) for the project's Label Studio: the only place pushes, resyncs and webhook installs
+    send a token."""
+    key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else ""
+    if settings.label_studio_url:
+        if key:
+            return settings.label_studio_url, key
+        info = projects.get(project_id)
+        if info and info.access_token:  # the configured host, never the one /setup named
+            return settings.label_studio_url, info.access_token
+        raise ResyncError(
+            f"no Label Studio token for project {project_id}: set LABEL_STUDIO_API_KEY, or let Label Studio "
+            "call /setup first"
+        )
     info = projects.get(project_id)
     if info and info.hostname and info.access_token:
         return info.hostname, info.access_token

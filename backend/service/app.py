@@ -2,12 +2,19 @@
 
 Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /versions, GET /metrics.
 Basic auth (when configured) guards every route except /health and /webhook: Label Studio sends
-webhooks without the backend's credentials (measured), so a guarded /webhook would never learn.
+webhooks without the backend's credentials (measured), so a guarded /webhook would never learn. /webhook
+is authenticated instead by a secret header (WEBHOOK_SECRET, or the per-project secret the backend
+installs on Label Studio's webhook: backend.labelstudio.webhooks).
+
+Bodies are parsed here, defensively: not JSON, not UTF-8, nested deeper than MAX_JSON_DEPTH -> 400;
+a /webhook body over MAX_WEBHOOK_MB, a /predict of more than MAX_PREDICT_TASKS tasks, any body over
+MAX_BODY_MB -> 413 with the reason.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from typing import Any
@@ -25,13 +32,15 @@ from backend.learning.learner import EventWorker, Learner, VersionPolicy
 from backend.llm.client import LLMClient
 from backend.llm.local_status import CRASH_LOOP, read_status
 from backend.metrics import Metrics, local_model_metrics
-from backend.service.model import LLMBackendModel, StoreUnavailable
+from backend.service.model import LLMBackendModel, StoreUnavailable, WebhookRefused
 from backend.predict.predictor import Predictor
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
 from backend.labelstudio.push import PushDelivery, sdk_sender
+from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER, INSTALLED, WebhookInstaller
+from backend.store.secrets import Secrets
 from backend.llm.response_cache import ResponseCache
-from backend.learning.resync import make_resync
+from backend.learning.resync import credentials, make_resync
 from backend.learning.selection import Selector, ShortlistPolicy
 from backend.settings import Settings
 from backend.learning.vector_index import VectorSource
@@ -59,7 +68,11 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     migrate(engine)
     cache = ResponseCache(engine, settings.llm_cache_max_entries) if settings.llm_cache else None
     llm = LLMClient(settings, base_url=llm_base_url, on_call=on_call, cache=cache)
-    projects = ProjectStore(engine)
+    secrets = Secrets.from_settings(
+        settings.secret_key.get_secret_value() if settings.secret_key else None, settings.data_dir
+    )
+    projects = ProjectStore(engine, secrets=secrets)
+    projects.encrypt_clear_tokens()  # rows an older version stored in clear text
     examples = ExampleStore(engine)
     embeddings = embeddings_config(settings, llm_base_url)
     selector = Selector(
@@ -80,18 +93,52 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         resync=make_resync(settings, projects),
     )
     push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size, sender=sdk_sender)
-    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push)
+    webhooks = WebhookInstaller(
+        lambda project_id: credentials(settings, projects, project_id),
+        secrets.webhook_secret,
+        lambda project_id: projects.mark_webhook_auth(project_id, INSTALLED),
+    )
+    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
+                           webhooks=webhooks)
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"status": "error", "error": message}), status
 
 
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+def _json_body(max_depth: int = 64) -> dict[str, Any]:
+    """The request's JSON object, whatever the content type; 400 for anything else. Parsed from the raw
+    bytes: Flask's own parser let a 5,000-deep array through as a RecursionError (HTTP 500)."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise _BadRequest(f"JSON nested more than {max_depth} levels deep") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise _BadRequest("request body must be a JSON object (UTF-8)") from None
     if not isinstance(body, dict):
         raise _BadRequest("request body must be a JSON object")
+    if _depth_over(body, max_depth):
+        raise _BadRequest(f"JSON nested more than {max_depth} levels deep")
     return body
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class _BadRequest(Exception):
@@ -140,6 +187,10 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     def _bad_request(exc: _BadRequest) -> Any:
         return _error(400, str(exc))
 
+    @app.errorhandler(_TooLarge)
+    def _too_large(exc: _TooLarge) -> Any:
+        return _error(413, str(exc))
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         return _error(exc.code or 500, exc.description or exc.name)
@@ -164,7 +215,7 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
 
     @app.post("/setup")
     def setup() -> Any:
-        body = _json_body()
+        body = _json_body(settings.max_json_depth)
         schema = body.get("schema") or body.get("label_config")
         if not isinstance(schema, str) or not schema.strip():
             raise _BadRequest("'schema' (the label config) is required")
@@ -184,10 +235,13 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
 
     @app.post("/predict")
     def predict() -> Any:
-        body = _json_body()
+        body = _json_body(settings.max_json_depth)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise _BadRequest("'tasks' must be a list of Label Studio tasks")
+        if len(tasks) > settings.max_predict_tasks:
+            raise _TooLarge(f"{len(tasks)} tasks in one /predict; at most MAX_PREDICT_TASKS="
+                            f"{settings.max_predict_tasks} (select fewer tasks, or raise the setting)")
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise _BadRequest("'label_config' must be a string")
@@ -206,12 +260,19 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
 
     @app.post("/webhook")
     def webhook() -> Any:
-        body = _json_body()
+        limit = int(settings.max_webhook_mb * 1024 * 1024)
+        if (request.content_length or 0) > limit or len(request.get_data(cache=True)) > limit:
+            raise _TooLarge(f"webhook body over MAX_WEBHOOK_MB={settings.max_webhook_mb:g} MB")
+        body = _json_body(settings.max_json_depth)
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise _BadRequest("'action' is required")
         try:
-            answer = model.fit(action, body)
+            answer = model.fit(action, body, request.headers.get(WEBHOOK_HEADER),
+                               _authorised(settings) if settings.auth_enabled() else None)
+        except WebhookRefused as exc:
+            log.warning("webhook %s refused: %s", action[:40], exc)
+            return _error(401, str(exc))
         except BadEvent as exc:
             metrics.webhook_events.labels(action, "rejected").inc()
             log.warning("webhook %s rejected: %s", action, exc)

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.store.example_store import ExampleStore
+from backend.labelstudio.push import PushDelivery
+from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller, check_secret
+from backend.learning.intake import BadEvent, intake
 from backend.learning.learner import EventWorker
+from backend.learning.resync import ResyncError, credentials
 from backend.metrics import Metrics
 from backend.predict.predictor import Predictor, ProjectPlan
+from backend.settings import Settings
+from backend.store.example_store import ExampleStore
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
-from backend.labelstudio.push import PushDelivery
-from backend.learning.resync import ResyncError, credentials
-from backend.settings import Settings
-from backend.learning.intake import BadEvent, intake
 from converters.examples import result_errors
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class StoreUnavailable(Exception):
     """The store is down and the request lacks what only the store knows (-> 503 with this reason)."""
+
+
+class WebhookRefused(Exception):
+    """A webhook event for a project whose events must carry a secret came without the right one (-> 401)."""
 
 
 def model_version(settings: Settings, model: str, examples_version: str = "e0") -> str:
@@ -46,7 +52,8 @@ class LLMBackendModel:
         metrics: Metrics,
         examples: ExampleStore,
         worker: EventWorker,
-        push: "PushDelivery | None" = None,
+        push: PushDelivery | None = None,
+        webhooks: WebhookInstaller | None = None,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
@@ -55,6 +62,7 @@ class LLMBackendModel:
         self.examples = examples
         self.worker = worker
         self.push = push
+        self.webhooks = webhooks  # installs per-project webhook secrets in Label Studio (None: never)
         self._store_outage = False  # a /predict read failed and none has succeeded since (logged once)
         self._store_failures = 0
 
@@ -65,6 +73,8 @@ class LLMBackendModel:
         self.worker.stop()
         if self.push is not None:
             self.push.close()
+        if self.webhooks is not None:
+            self.webhooks.close()
 
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
@@ -90,8 +100,20 @@ class LLMBackendModel:
         model_version Label Studio will compare predictions against. Cheap: plans are cached."""
         plan = self.predictor.plan(label_config, extra_params)
         project_id = normalise_project_id(project)
-        self.projects.save(project_id, label_config, dict(extra_params or {}), hostname, access_token)
+        info = self.projects.save(project_id, label_config, dict(extra_params or {}), hostname, access_token)
+        if self.webhooks is not None and self.settings.webhook_secret is None and info.webhook_auth != INSTALLED:
+            self.webhooks.request(project_id)  # background, at most once per interval; no-op without credentials
         return {"model_version": self.version_for(plan, project_id)}
+
+    def expected_webhook_secret(self, project_id: str) -> str | None:
+        """The secret a project's events must carry: WEBHOOK_SECRET when set, else the project's own once it
+        is installed in Label Studio; None: accepted without one (as before authenticated webhooks)."""
+        if self.settings.webhook_secret is not None:
+            return self.settings.webhook_secret.get_secret_value()
+        info = self.projects.get(project_id)
+        if info is not None and info.webhook_auth == INSTALLED:
+            return self.projects.secrets.webhook_secret(project_id)
+        return None
 
     def plan_for(self, project: Any, label_config: str | None) -> ProjectPlan:
         """The plan for a request: its own label_config, else the one /setup stored for the project
@@ -187,16 +209,26 @@ class LLMBackendModel:
                  project_id, len(mine), len(valid) - len(mine))
         return True
 
-    def fit(self, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    def fit(
+        self, event: str, data: Mapping[str, Any], secret: str | None = None, basic_auth: bool | None = None
+    ) -> dict[str, Any]:
         """Take a webhook event: check it, write it to the durable event table, return at once.
 
         The event worker applies it in the background. Raises BadEvent (-> 4xx) for a payload of the
-        wrong shape or whose result does not fit the project's config; database errors propagate
-        (-> 503)."""
+        wrong shape or whose result does not fit the project's config, WebhookRefused (-> 401) for an
+        event of a project that needs a secret (`expected_webhook_secret`) without the right `secret`;
+        database errors propagate (-> 503). START_TRAINING carries no data and Label Studio sends it
+        without webhook headers: it passes without the secret unless Basic auth is configured and
+        `basic_auth` (the request's credentials were right) is False."""
         accepted = intake({**data, "action": event})
         if accepted is None:
             self.metrics.webhook_events.labels(event, "ignored").inc()
             return {"status": "ignored", "action": event}
+        expected = self.expected_webhook_secret(accepted.project_id)
+        if expected is not None and not check_secret(expected, secret):
+            if accepted.action != "START_TRAINING" or basic_auth is False:
+                self.metrics.webhook_events.labels(accepted.action, "unauthorised").inc()
+                raise WebhookRefused(f"project {accepted.project_id} accepts webhook events only with its secret")
         self._check_results(accepted.project_id, accepted.payload)
         self.worker.note_intake()  # before the event exists, so the worker never takes it mid-burst
         event_id = self.examples.append_event(accepted.project_id, accepted.action, accepted.payload)

@@ -51,12 +51,14 @@ projects = Table(
     Column("label_config", Text, nullable=True),
     Column("extra_params", Text, nullable=True),
     Column("hostname", String(512), nullable=True),
-    Column("access_token", String(512), nullable=True),
+    Column("access_token", Text, nullable=True),  # encrypted (backend.store.secrets); Text since migration 6
     Column("updated_at", Float, nullable=False),
     # added by migration 2
     Column("examples_version", Integer, nullable=False, server_default="0"),
     Column("changes_since_version", Integer, nullable=False, server_default="0"),
     Column("generation", BigInteger, nullable=False, server_default="0"),
+    # added by migration 6: "installed" once Label Studio's webhook carries the project's secret header
+    Column("webhook_auth", String(16), nullable=True),
 )
 
 events = Table(
@@ -124,7 +126,7 @@ example_embeddings = Table(
     Column("created_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _insert_ignoring(conn: Connection, table: Table) -> Any:
@@ -256,12 +258,22 @@ def _migration_5(conn: Connection) -> None:
     """example_embeddings (EMBEDDINGS_MODEL vectors of examples): a new table, made by create_all."""
 
 
+def _migration_6(conn: Connection) -> None:
+    """projects.webhook_auth (authenticated webhooks); access_token becomes Text, as an encrypted token is
+    longer than the 512 characters a clear one fitted in (SQLite does not enforce lengths). The tokens
+    themselves are encrypted by ProjectStore.encrypt_clear_tokens at start, where the key is known."""
+    _add_missing_columns(conn, projects)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE projects ALTER COLUMN access_token TYPE TEXT"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
     (5, _migration_5),
+    (6, _migration_6),
 ]
 
 

@@ -2,15 +2,21 @@
 
 Label Studio calls /setup (with extra_params, hostname and access token) before /predict, but under
 several gunicorn workers the two can land in different processes, so the values live in the database.
+
+The access token is stored encrypted (backend.store.secrets) and belongs to the hostname it came with:
+a /setup that names another hostname without a token of its own clears it, so a stored token is never
+sent to a host it was not given for. A /setup without a token for the same hostname keeps it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +24,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from backend.store.db import insert_ignore, projects, write
 from backend.store.project_id import normalise_project_id
+from backend.store.secrets import Secrets, SecretsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,17 +35,22 @@ class ProjectInfo:
     label_config: str | None
     extra_params: dict[str, Any]
     hostname: str | None
-    access_token: str | None
+    access_token: str | None = field(default=None, repr=False)  # clear text, in memory only
+    webhook_auth: str | None = None  # "installed": Label Studio's webhook carries our secret header
 
 
 class ProjectStore:
     """Project settings and example-set versions, with short per-process caches (a project's info for 5 s,
     its examples_version for 1 s) so /setup and /predict do not read the database on every call.
-    `clock` is injectable so tests advance time instead of sleeping."""
+    `clock` is injectable so tests advance time instead of sleeping; `secrets` encrypts tokens (without
+    one, a random key of this instance: tokens then do not survive it)."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, engine: Engine, clock: Callable[[], float] = time.monotonic, secrets: Secrets | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.secrets = secrets or Secrets(os.urandom(32))
         self._cache: dict[str, tuple[float, ProjectInfo]] = {}
         self._lock = threading.Lock()
         self._versions: dict[str, tuple[float, int]] = {}
@@ -50,23 +64,95 @@ class ProjectStore:
         access_token: str | None,
     ) -> ProjectInfo:
         project_id = normalise_project_id(project)
-        info = ProjectInfo(project_id, label_config, dict(extra_params or {}), hostname, access_token)
+        hostname = hostname or None
+        access_token = access_token or None
         with self._lock:
             cached = self._cache.get(project_id)
-            if cached and cached[1] == info and self.clock() - cached[0] < 5:
+        if cached and self.clock() - cached[0] < 5:
+            info = self._merged(cached[1], label_config, extra_params, hostname, access_token)
+            if info == cached[1]:
                 return info  # /setup is called before every /predict: skip identical writes
-        row = {
-            "label_config": label_config,
-            "extra_params": json.dumps(info.extra_params),
-            "hostname": hostname,
-            "access_token": access_token,
-            "updated_at": time.time(),
-        }
         with write(self.engine) as conn:
-            upsert_project(conn, project_id, row)
+            row = conn.execute(select(projects).where(projects.c.project_id == project_id)).mappings().first()
+            current = self._info(row) if row is not None else None
+            info = self._merged(current or ProjectInfo(project_id, None, {}, None, None), label_config,
+                                extra_params, hostname, access_token)
+            values: dict[str, Any] = {
+                "label_config": label_config,
+                "extra_params": json.dumps(info.extra_params),
+                "hostname": info.hostname,
+                "updated_at": time.time(),
+            }
+            stored_token = row["access_token"] if row is not None else None
+            if info.access_token != (current.access_token if current else None) or (
+                stored_token and not self.secrets.is_encrypted(stored_token)
+            ):
+                values["access_token"] = self.secrets.encrypt(info.access_token)
+            if info.webhook_auth != (current.webhook_auth if current else None):
+                values["webhook_auth"] = info.webhook_auth
+            upsert_project(conn, project_id, values)
+        if current is not None and current.access_token and not info.access_token:
+            log.warning("project %s: /setup named another Label Studio host without a token; the stored "
+                        "token is forgotten rather than sent there", project_id)
         with self._lock:
             self._cache[project_id] = (self.clock(), info)
         return info
+
+    @staticmethod
+    def _merged(
+        current: ProjectInfo,
+        label_config: str | None,
+        extra_params: dict[str, Any] | None,
+        hostname: str | None,
+        access_token: str | None,
+    ) -> ProjectInfo:
+        """What a /setup makes of the stored row: a token belongs to the hostname it came with."""
+        if access_token is not None:
+            token, host = access_token, hostname
+        elif hostname is None or hostname == current.hostname:
+            token, host = current.access_token, current.hostname
+        else:  # another host, no token of its own: never hand it the stored one
+            token, host = None, hostname
+        # webhook_auth stays whatever /setup says: a forged /setup must not switch the check off
+        return ProjectInfo(current.project_id, label_config, dict(extra_params or {}), host, token,
+                           current.webhook_auth)
+
+    def mark_webhook_auth(self, project: Any, state: str | None) -> None:
+        """Record that Label Studio's webhook for the project now carries the secret header (or not)."""
+        project_id = normalise_project_id(project)
+        with write(self.engine) as conn:
+            upsert_project(conn, project_id, {"webhook_auth": state, "updated_at": time.time()})
+        with self._lock:
+            self._cache.pop(project_id, None)
+
+    def encrypt_clear_tokens(self) -> int:
+        """Encrypt the clear-text tokens an older store holds (at start); returns how many."""
+        with write(self.engine) as conn:
+            rows = conn.execute(
+                select(projects.c.project_id, projects.c.access_token).where(projects.c.access_token.isnot(None))
+            ).all()
+            clear = [(pid, token) for pid, token in rows if token and not self.secrets.is_encrypted(token)]
+            for project_id, token in clear:
+                conn.execute(projects.update().where(projects.c.project_id == project_id)
+                             .values(access_token=self.secrets.encrypt(token)))
+        if clear:
+            log.info("encrypted %d Label Studio tokens stored in clear text by an older version", len(clear))
+        return len(clear)
+
+    def _info(self, row: Any) -> ProjectInfo:
+        try:
+            token = self.secrets.decrypt(row["access_token"])
+        except SecretsError as exc:
+            log.warning("project %s: %s", row["project_id"], exc)
+            token = None
+        return ProjectInfo(
+            row["project_id"],
+            row["label_config"],
+            json.loads(row["extra_params"] or "{}"),
+            row["hostname"],
+            token,
+            row["webhook_auth"],
+        )
 
     def examples_version(self, project_id: str) -> int:
         """The project's example-set version, read at most once a second per process."""
@@ -91,13 +177,11 @@ class ProjectStore:
             row = conn.execute(select(projects).where(projects.c.project_id == project_id)).mappings().first()
         if row is None:
             return None
-        info = ProjectInfo(
-            project_id,
-            row["label_config"],
-            json.loads(row["extra_params"] or "{}"),
-            row["hostname"],
-            row["access_token"],
-        )
+        info = self._info(row)
+        if row["access_token"] and not self.secrets.is_encrypted(row["access_token"]):
+            with write(self.engine) as conn:  # a clear-text row written by an older version
+                conn.execute(projects.update().where(projects.c.project_id == project_id)
+                             .values(access_token=self.secrets.encrypt(info.access_token)))
         with self._lock:
             self._cache[project_id] = (self.clock(), info)
         return info
