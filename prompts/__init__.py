@@ -30,12 +30,27 @@ class Example:
 
 
 @dataclass(frozen=True)
+class SpanCandidate:
+    """A span of the task's text that a reviewed-example gazetteer proposes (backend.learning.gazetteer):
+    exact offsets into the control's text, its label (stored value) and the probability it is right."""
+
+    control: str
+    start: int
+    end: int
+    text: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
 class TaskContext:
     """What one task's prompt is made of besides its text: the spec (the project's, or narrowed to a
-    label shortlist for this task) and the few-shot examples, most similar last."""
+    label shortlist for this task), the few-shot examples, most similar last, and candidate spans from
+    reviewed examples (shown to the model after the task's text; none: the prompt is unchanged)."""
 
     spec: TaskSpec
     examples: Sequence[Example] = ()
+    candidates: Sequence[SpanCandidate] = ()
 
 
 class PromptRenderer:
@@ -70,9 +85,10 @@ class PromptRenderer:
             schema_json=json.dumps(output_json_schema(spec), ensure_ascii=False) if include_schema else "",
         ).strip()
 
-    def user(self, spec: TaskSpec, texts: Mapping[str, str]) -> str:
+    def user(self, spec: TaskSpec, texts: Mapping[str, str], candidates: Sequence[SpanCandidate] = ()) -> str:
+        """The task's text; candidate spans, when there are any, follow it in the answer's own form."""
         ordered = [(name, texts.get(name, "")) for name, _ in spec.objects]
-        return self._user.render(texts=ordered).strip("\n")
+        return self._user.render(texts=ordered, candidates=_candidate_lines(spec, candidates)).strip("\n")
 
     def messages(
         self,
@@ -81,15 +97,16 @@ class PromptRenderer:
         examples: Sequence[Example] = (),
         show_format: bool = True,
         include_schema: bool = False,
+        candidates: Sequence[SpanCandidate] = (),
     ) -> list[dict[str, str]]:
-        """System, few-shot user/assistant turns, then the task text last."""
+        """System, few-shot user/assistant turns, then the task text last (with its candidate spans)."""
         messages = [{"role": "system", "content": self.system(spec, show_format, include_schema)}]
         for example in examples:
             messages.append({"role": "user", "content": self.user(spec, example.texts)})
             messages.append(
                 {"role": "assistant", "content": json.dumps(dict(example.answer), ensure_ascii=False)}
             )
-        messages.append({"role": "user", "content": self.user(spec, texts)})
+        messages.append({"role": "user", "content": self.user(spec, texts, candidates)})
         return messages
 
     def group_messages(
@@ -115,3 +132,17 @@ class PromptRenderer:
         ).strip("\n")
         messages.append({"role": "user", "content": content})
         return messages
+
+
+def _candidate_lines(spec: TaskSpec, candidates: Sequence[SpanCandidate]) -> list[str]:
+    """One line per control with candidates: the control's name and its candidates as answer items
+    ({"text", "label"} with the label the model answers with), in text order."""
+    lines = []
+    for control in spec.controls:
+        mine = sorted((c for c in candidates if c.control == control.name), key=lambda c: (c.start, c.end))
+        if not mine:
+            continue
+        display = {label.value: label.display for label in control.labels}
+        items = [{"text": c.text, "label": display.get(c.label, c.label)} for c in mine]
+        lines.append(f'"{control.name}": {json.dumps(items, ensure_ascii=False)}')
+    return lines

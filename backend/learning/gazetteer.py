@@ -8,9 +8,9 @@ Each surface (exactly as reviewed) keeps its label counts and how often it occur
 at all (whole words, not inside a longer labelled span). An entry's raw reliability is
 `majority-label count / (occurrences + 1)`: a surface that reviewers usually leave unlabelled ("may",
 "the") or label inconsistently scores low. The raw value is mapped to a probability that a match is a
-right span (label included) by isotonic regression on leave-one-example-out pairs: for every
-occurrence in a reviewed text, what the gazetteer built without that example would have said, and
-whether the reviewer agreed. Entries whose probability is below `min_precision` are not kept.
+right span (label included) by isotonic regression on cross-validated pairs: every match the gazetteer built
+without a fold of the examples makes in that fold's texts, and whether the reviewer labelled exactly
+that span with that label. Entries whose probability is below `min_precision` are not kept.
 
 Matching is on word tokens (Unicode letters, digits and combining marks; any other non-space character
 is a token of its own), so "Paris" never matches inside "Parisian"; all candidate matches are found,
@@ -186,9 +186,10 @@ def _calibrate(xs: list[float], ys: list[float], x: float) -> float:
 def build_gazetteer(
     control: ControlSpec,
     examples: Iterable[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
-    policy: GazetteerPolicy = GazetteerPolicy(),
+    policy: GazetteerPolicy | None = None,
 ) -> Gazetteer:
     """The gazetteer of `control` from reviewed examples given as (task data, reviewed result)."""
+    policy = policy or GazetteerPolicy()
     allowed = {label.value for label in control.labels}
     texts: list[str] = []
     labelled: list[dict[tuple[int, int], str]] = []

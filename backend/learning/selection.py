@@ -28,11 +28,12 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.learning.gazetteer_book import GazetteerBook
 from backend.store.example_store import ExampleStore, StoredExample
 from converters.examples import coverage_label, result_to_answer
 from converters.shortlist import Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
 from converters.task_spec import ControlSpec, TaskSpec
-from prompts import Example, TaskContext
+from prompts import Example, SpanCandidate, TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,7 @@ class Selector:
         vectors: CandidateSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         refresh_wait: float = 2.0,
+        gazetteers: GazetteerBook | None = None,
     ) -> None:
         self.store = store
         self.k = k
@@ -376,6 +378,7 @@ class Selector:
         self.vectors = vectors
         self.clock = clock
         self.refresh_wait = refresh_wait
+        self.gazetteers = gazetteers  # span candidates from reviewed examples (STUDENT_MODE hint/cascade)
         self._projects: dict[str, _ProjectIndex] = {}
         self._lock = threading.Lock()  # guards the dict and the snapshot references, never held across I/O
         self._lexicon = functools.lru_cache(maxsize=256)(Lexicon)  # label words, once per control
@@ -449,4 +452,13 @@ class Selector:
                 len(out),
                 [e.example.annotation_id for e in chosen],
             )
-        return TaskContext(narrowed, tuple(out))
+        return TaskContext(narrowed, tuple(out), self._candidates(project_id, narrowed, index, texts))
+
+    def _candidates(
+        self, project_id: str | None, spec: TaskSpec, index: LexicalIndex, texts: Mapping[str, str]
+    ) -> tuple[SpanCandidate, ...]:
+        """The gazetteers' matches in this task (none without a gazetteer book or a project)."""
+        if self.gazetteers is None or project_id is None:
+            return ()
+        rows = [entry.example for entry in index.entries.values()]
+        return self.gazetteers.candidates(project_id, spec, index.seq, rows, texts)

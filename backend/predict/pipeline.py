@@ -20,12 +20,12 @@ from backend.metrics import Metrics
 from backend.predict.chunked import DocumentRunner
 from backend.predict.plans import PlanBook, ProjectPlan
 from backend.settings import ResponseFormat, Settings
-from converters.confidence import TokenProbs
+from converters.confidence import TokenProbs, combine
 from converters.group import group_schema, groupable, split_group_answer
 from converters.parse import UnparsableAnswer, parse_answer
 from converters.regions import answer_to_prediction, check_prediction
 from converters.task_spec import TaskSpec
-from prompts import PromptRenderer, TaskContext
+from prompts import PromptRenderer, SpanCandidate, TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ T = TypeVar("T")
 # a label shortlist when the label set is large) and its few-shot examples, most similar last.
 ContextSource = Callable[[str | None, TaskSpec, Mapping[str, str]], TaskContext]
 
+# The span hook (backend.learning.span_cascade, STUDENT_MODE=cascade): (spec, task data, the LLM's regions,
+# the task's gazetteer candidates) -> the regions to send. Runs before validation, like every region.
+SpanHook = Callable[[TaskSpec, Mapping[str, Any], list[dict[str, Any]], Sequence[SpanCandidate]], list[dict[str, Any]]]
+
 
 @dataclass(frozen=True)
 class TaskPrompt:
@@ -43,6 +47,7 @@ class TaskPrompt:
     spec: TaskSpec
     schema: dict[str, Any]
     messages: list[dict[str, str]]
+    candidates: Sequence[SpanCandidate] = ()  # gazetteer spans offered in the prompt (and to the span hook)
 
 
 @dataclass
@@ -101,7 +106,9 @@ class TaskPipeline:
         plans: PlanBook,
         renderer: PromptRenderer,
         context: ContextSource,
+        spans: SpanHook | None = None,
     ) -> None:
+        self.spans = spans  # set by the composition root in STUDENT_MODE=cascade
         self.settings = settings
         self.llm = llm
         self.metrics = metrics
@@ -121,8 +128,10 @@ class TaskPipeline:
             context.examples,
             show_format=mode is not ResponseFormat.json_schema,
             include_schema=mode in (ResponseFormat.json_object, ResponseFormat.text),
+            candidates=context.candidates,
         )
-        return TaskPrompt(context.spec, self.plans.schema_for(plan, context.spec.controls), messages)
+        schema = self.plans.schema_for(plan, context.spec.controls)
+        return TaskPrompt(context.spec, schema, messages, tuple(context.candidates))
 
     def call_options(
         self, plan: ProjectPlan, timeout: float | None = None, deadline: float | None = None, urgent: bool = False
@@ -170,7 +179,7 @@ class TaskPipeline:
                               cached=answer.cached)
         probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
         # the task's own spec: an answer outside its shortlist is dropped, scores renormalise over it
-        item = self._item(plan, prompt.spec, task, parsed, probs, model_version)
+        item = self._item(plan, prompt.spec, task, parsed, probs, model_version, prompt.candidates)
         return TaskResult(item, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                           messages=prompt.messages, cached=answer.cached)
 
@@ -294,14 +303,21 @@ class TaskPipeline:
 
     def _item(
         self, plan: ProjectPlan, spec: TaskSpec, task: Mapping[str, Any], parsed: Mapping[str, Any],
-        probs: TokenProbs | None, version: str,
+        probs: TokenProbs | None, version: str, candidates: Sequence[SpanCandidate] = (),
     ) -> dict[str, Any]:
         """One task's parsed answer -> its validated Label Studio prediction (what cannot be placed or
         does not validate is dropped and counted)."""
         prediction = answer_to_prediction(spec, task["data"], parsed, probs)
         for reason, count in prediction.dropped.items():
             self.metrics.dropped_entities.labels(reason).inc(count)
-        item, errors = drop_invalid_regions(plan.interface, plan.spec, task["data"], prediction.as_ls(version))
+        item = prediction.as_ls(version)
+        if self.spans is not None and candidates:
+            result = self.spans(spec, task["data"], list(item["result"]), candidates)
+            item = {**item, "result": result}
+            score = combine([region.get("score") for region in result])
+            if score is not None:  # the task's score follows its regions' (calibrated) scores
+                item["score"] = score
+        item, errors = drop_invalid_regions(plan.interface, plan.spec, task["data"], item)
         if errors:
             self.metrics.invalid_predictions.inc(len(errors))
             log.error("task %s: invalid region removed (bug): %s", task.get("id"), errors[:3])
