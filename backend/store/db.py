@@ -126,7 +126,27 @@ example_embeddings = Table(
     Column("created_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 6
+students = Table(
+    "students",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("control", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),  # the project's examples_version
+    Column("status", String(16), nullable=False),  # training (claimed), ready, empty (too few), failed
+    Column("owner", String(32), nullable=True),  # the process that claimed the training
+    Column("claimed_at", Float, nullable=False),
+    Column("embedder", String(200), nullable=True),
+    Column("classes", Text, nullable=True),  # JSON list of label values, the columns of coef
+    Column("coef", LargeBinary, nullable=True),  # float32 little-endian, dims x classes
+    Column("intercept", LargeBinary, nullable=True),  # float32 little-endian, classes
+    Column("dims", Integer, nullable=True),
+    Column("calibration", Text, nullable=True),  # JSON {"top": curve, "any": curve, "threshold": t}
+    Column("n_examples", Integer, nullable=True),
+    Column("stats", Text, nullable=True),  # JSON: cross-validated accuracy, seconds, folds
+    Column("created_at", Float, nullable=True),
+)
+
+SCHEMA_VERSION = 8
 
 
 def _insert_ignoring(conn: Connection, table: Table) -> Any:
@@ -267,6 +287,10 @@ def _migration_6(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE projects ALTER COLUMN access_token TYPE TEXT"))
 
 
+def _migration_8(conn: Connection) -> None:
+    """students (a classifier per <Choices> control, shared by all workers): a new table, made by create_all."""
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
@@ -274,6 +298,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (8, _migration_8),
 ]
 
 
