@@ -53,6 +53,13 @@ class Metrics:
         self.webhook_events = Counter(
             "lsllm_webhook_events", "Webhook events received by action and outcome", ["action", "outcome"], registry=r
         )
+        self.spans = Counter(
+            "lsllm_spans",
+            "Spans predicted for <Labels> controls with gazetteer candidates, by source (gazetteer: from reviewed "
+            "examples; llm)",
+            ["source"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -178,9 +178,13 @@ def isotonic(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[f
 
 
 def _calibrate(xs: list[float], ys: list[float], x: float) -> float:
-    """The fitted step function at x (below the first threshold: 0, nothing measured there)."""
+    """The fitted step function at x. Below the lowest measured x, the lowest fitted value or the raw
+    reliability itself, whichever is lower (a surface labelled once in fifteen occurrences stays low);
+    with nothing measured at all, the raw reliability (at most 1/2 for a surface seen once)."""
+    if not xs:
+        return x
     i = bisect.bisect_right(xs, x) - 1
-    return ys[i] if i >= 0 else 0.0
+    return ys[i] if i >= 0 else min(ys[0], x)
 
 
 def build_gazetteer(

@@ -12,10 +12,13 @@ LLM regions come aligned from the pipeline, and the pipeline validates everythin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backend.learning.gazetteer_book import GazetteerBook
+from backend.metrics import Metrics
+from backend.settings import Settings
 from converters.controls.base import region_id
 from converters.spec import ControlSpec, TaskSpec
 from prompts import SpanCandidate
@@ -73,11 +76,17 @@ def combine_spans(
 
 
 class SpanCascade:
-    """The pipeline's span hook: `combine_spans` for every span control that has candidates; regions of
-    other controls pass through unchanged."""
+    """The pipeline's span hook: `combine_spans` for every span control that has candidates (cascade;
+    hint only counts: the LLM decided with the candidates in its prompt); regions of other controls pass
+    through unchanged. `count(source, n)` is told how many spans each source gave (metrics)."""
 
-    def __init__(self, policy: CascadePolicy | None = None) -> None:
+    def __init__(
+        self, policy: CascadePolicy | None = None, combine: bool = True,
+        count: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.policy = policy or CascadePolicy()
+        self.combine = combine
+        self.count = count
 
     def __call__(
         self, spec: TaskSpec, data: Mapping[str, Any], regions: list[dict[str, Any]],
@@ -90,6 +99,38 @@ class SpanCascade:
             if not mine or control.kind != "labels" or not isinstance(text, str):
                 continue
             own = [r for r in out if r.get("from_name") == control.name]
+            if not self.combine:
+                self._count("llm", len(own))
+                continue
             rest = [r for r in out if r.get("from_name") != control.name]
-            out = rest + combine_spans(text, own, mine, self.policy, control)
+            combined = combine_spans(text, own, mine, self.policy, control)
+            from_gazetteer = sum(1 for r in combined if r.get("id") in {id_of(control, c) for c in mine}
+                                 and r not in own)
+            self._count("gazetteer", from_gazetteer)
+            self._count("llm", len(combined) - from_gazetteer)
+            out = rest + combined
         return out
+
+    def _count(self, source: str, n: int) -> None:
+        if self.count is not None and n:
+            self.count(source, n)
+
+
+def id_of(control: ControlSpec, candidate: SpanCandidate) -> str:
+    return region_id(control.name, candidate.start, candidate.end, candidate.label)
+
+
+def gazetteer_book(settings: Settings) -> GazetteerBook | None:
+    """The composition root's gazetteers: none with STUDENT_MODE=off; a control gets one from
+    STUDENT_MIN_EXAMPLES reviewed examples on."""
+    if settings.student_mode == "off":
+        return None
+    return GazetteerBook(min_examples=settings.student_min_examples)
+
+
+def span_hook(settings: Settings, metrics: Metrics) -> SpanCascade | None:
+    """The pipeline's span hook for STUDENT_MODE (cascade: combine; hint: count only; off: none)."""
+    if settings.student_mode == "off":
+        return None
+    return SpanCascade(combine=settings.student_mode == "cascade",
+                       count=lambda source, n: metrics.spans.labels(source).inc(n))

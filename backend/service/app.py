@@ -42,6 +42,7 @@ from backend.store.secrets import Secrets
 from backend.llm.response_cache import ResponseCache
 from backend.learning.resync import credentials, make_resync
 from backend.learning.selection import Selector, ShortlistPolicy
+from backend.learning.span_cascade import gazetteer_book, span_hook
 from backend.settings import Settings
 from backend.learning.vector_index import VectorSource
 from backend.learning.intake import BadEvent
@@ -82,8 +83,10 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         settings.selection_refresh_seconds,
         ShortlistPolicy(settings.label_shortlist_threshold, settings.label_shortlist_size),
         VectorSource(Embedder(embeddings), EmbeddingStore(engine)) if embeddings is not None else None,
+        gazetteers=gazetteer_book(settings),
     )
     predictor = Predictor(settings, llm, metrics, context=selector.context)
+    predictor.pipeline.spans = span_hook(settings, metrics)  # gazetteer spans beside the LLM's (cascade)
     learner = Learner(
         engine,
         examples,

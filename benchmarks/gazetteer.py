@@ -1,0 +1,201 @@
+"""The gazetteer on the NER sets: build time, span P/R/F1 alone, and beside the LLM (not a test: it prints
+what this machine measures).
+
+    # gazetteer alone, and its build time, at 200 and at all reviewed examples (seconds)
+    .venv/bin/python benchmarks/gazetteer.py build --dataset conll2003 --train 200 14041
+
+    # the embedded model on the first N test sentences, with `train` reviewed examples in the store,
+    # STUDENT_MODE off (examples only) or hint (gazetteer candidates in the prompt); one JSON line per task
+    .venv/bin/python benchmarks/gazetteer.py llm --dataset conll2003 --train 200 --n-test 100 --mode hint \\
+        --out benchmarks/out/conll_200_hint.jsonl
+
+    # span F1 of the LLM alone, the gazetteer alone and the cascade's combination, from those lines
+    .venv/bin/python benchmarks/gazetteer.py combine benchmarks/out/conll_200_*.jsonl
+
+Datasets are read from ../shared/datasets (or --datasets / LSLLM_DATASETS), never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend.learning.gazetteer import GazetteerPolicy, build_gazetteer  # noqa: E402
+from backend.learning.span_cascade import CascadePolicy, combine_spans  # noqa: E402
+from converters.task_spec import build_task_spec  # noqa: E402
+from prompts import SpanCandidate  # noqa: E402
+
+Span = tuple[int, int, str]
+
+
+def datasets_dir(arg: Path | None) -> Path:
+    return arg or Path(os.environ.get("LSLLM_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def load(datasets: Path, dataset: str, train: int | None) -> tuple[str, list[dict], list[dict]]:
+    config = (datasets / f"ner_{dataset}_config.xml").read_text()
+    pool = json.loads((datasets / f"ner_{dataset}_train.json").read_text())
+    test = json.loads((datasets / f"ner_{dataset}_test_sample500.json").read_text())
+    return config, pool[:train] if train else pool, test
+
+
+def gold_spans(task: Mapping[str, Any]) -> set[Span]:
+    return {(r["value"]["start"], r["value"]["end"], r["value"]["labels"][0])
+            for r in task["annotations"][0]["result"] if r.get("type") == "labels"}
+
+
+def region_spans(regions: Iterable[Mapping[str, Any]]) -> set[Span]:
+    return {(r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in regions
+            if r.get("type") == "labels"}
+
+
+def prf(pairs: Iterable[tuple[set[Span], set[Span]]]) -> tuple[float, float, float]:
+    tp = fp = fn = 0
+    for predicted, gold in pairs:
+        tp += len(predicted & gold)
+        fp += len(predicted - gold)
+        fn += len(gold - predicted)
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    print("| dataset | reviewed | entries | build s | P | R | F1 |")
+    print("|---|---|---|---|---|---|---|")
+    for train in args.train:
+        config, pool, test = load(datasets_dir(args.datasets), args.dataset, train)
+        control = build_task_spec(config).controls[0]
+        started = time.perf_counter()
+        gazetteer = build_gazetteer(control, [(t["data"], t["annotations"][0]["result"]) for t in pool],
+                                    GazetteerPolicy(min_precision=args.min_precision))
+        seconds = time.perf_counter() - started
+        p, r, f = prf(({(m.start, m.end, m.label) for m in gazetteer.match(t["data"]["text"])}, gold_spans(t))
+                      for t in test[: args.n_test])
+        print(f"| {args.dataset} | {len(pool)} | {len(gazetteer)} | {seconds:.2f} | {p:.3f} | {r:.3f} | {f:.3f} |")
+
+
+def cmd_llm(args: argparse.Namespace) -> None:
+    from sqlalchemy import func, select
+
+    from backend.learning.gazetteer_book import GazetteerBook
+    from backend.learning.selection import Selector
+    from backend.llm.client import LLMClient
+    from backend.llm.local_server import LocalModelServer, settings_for_local
+    from backend.metrics import Metrics
+    from backend.predict.predictor import Predictor
+    from backend.settings import Settings
+    from backend.store.db import examples as examples_table
+    from backend.store.db import make_engine, migrate, write
+    from backend.store.example_store import ExampleStore
+
+    config, pool, test = load(datasets_dir(args.datasets), args.dataset, args.train)
+    tmp = Path(tempfile.mkdtemp(prefix="lsllm-gaz-"))
+    base = Settings.model_validate({"data_dir": tmp, "llm_cache": False, "llm_timeout": args.timeout})
+    engine = make_engine(base.resolved_database_url())
+    migrate(engine)
+    store = ExampleStore(engine)
+    started = time.perf_counter()
+    with write(engine) as conn:
+        for i, t in enumerate(pool):
+            result = t["annotations"][0]["result"]
+            store.upsert(conn, "p1", i + 1, {
+                "task_id": i + 1, "data": json.dumps({"text": t["data"]["text"]}), "result": json.dumps(result),
+                "labels": json.dumps(sorted({r["value"]["labels"][0] for r in result})), "corrected": None,
+                "completed_by": "gold", "updated_at": 1.0, "status": "live"}, seq=1)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(examples_table)).scalar_one()
+    print(f"{stored} reviewed examples stored in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    book = GazetteerBook(sync_limit=10**9) if args.mode == "hint" else None
+    selector = Selector(store, base.few_shot_k, base.few_shot_token_budget, gazetteers=book)
+    server = LocalModelServer(base)
+    settings = settings_for_local(base, server.start())
+    metrics = Metrics()
+    predictor = Predictor(settings, LLMClient(settings), metrics, context=selector.context)
+    plan = predictor.plan(config)
+    out = open(args.out, "w", encoding="utf-8")
+    try:
+        started = time.perf_counter()
+        for n, t in enumerate(test[: args.n_test]):
+            task = {"id": n, "data": t["data"]}
+            texts = {"text": t["data"]["text"]}
+            context = selector.context("p1", plan.spec, texts) if book is not None else None
+            if context is None:  # off: the gazetteer is still built (offline, not in the prompt) for combine
+                if n == 0:
+                    gaz_book = GazetteerBook(sync_limit=10**9)
+                rows = [e.example for e in selector.index("p1").entries.values()]
+                candidates = gaz_book.candidates("p1", plan.spec, selector.index("p1").seq, rows, texts)
+            else:
+                candidates = tuple(context.candidates)
+            began = time.perf_counter()
+            result = predictor.predict_task(plan, task, "bench", project_id="p1")
+            seconds = time.perf_counter() - began
+            regions = result.item["result"] if result.item else []
+            out.write(json.dumps({
+                "ref_id": t["data"].get("ref_id"), "mode": args.mode, "train": len(pool), "text": t["data"]["text"],
+                "gold": sorted(gold_spans(t)), "llm": regions, "reason": result.reason,
+                "seconds": round(seconds, 2), "prompt_tokens": result.prompt_tokens,
+                "candidates": [c.__dict__ for c in candidates],
+            }, ensure_ascii=False) + "\n")
+            out.flush()
+            if (n + 1) % 10 == 0:
+                print(f"{n + 1} tasks, {(time.perf_counter() - started) / (n + 1):.2f} s/task", file=sys.stderr)
+        print(f"{args.n_test} tasks in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    finally:
+        out.close()
+        predictor.close()
+        server.stop()
+
+
+def cmd_combine(args: argparse.Namespace) -> None:
+    policy = CascadePolicy()
+    print("| file | tasks | LLM alone P/R/F1 | gazetteer alone P/R/F1 | cascade P/R/F1 |")
+    print("|---|---|---|---|---|")
+    for path in args.files:
+        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+        llm, gaz, both = [], [], []
+        for row in rows:
+            gold = {tuple(s) for s in row["gold"]}
+            candidates = [SpanCandidate(**c) for c in row["candidates"]]
+            llm.append((region_spans(row["llm"]), gold))
+            gaz.append(({(c.start, c.end, c.label) for c in candidates}, gold))
+            combined = combine_spans(row["text"], row["llm"], candidates, policy)
+            both.append((region_spans(combined), gold))
+        cells = [" / ".join(f"{v:.3f}" for v in prf(pairs)) for pairs in (llm, gaz, both)]
+        print(f"| {Path(path).name} | {len(rows)} | " + " | ".join(cells) + " |")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build")
+    build.add_argument("--dataset", default="conll2003")
+    build.add_argument("--train", type=int, nargs="+", default=[200, 0])
+    build.add_argument("--n-test", type=int, default=500)
+    build.add_argument("--min-precision", type=float, default=GazetteerPolicy().min_precision)
+    llm = sub.add_parser("llm")
+    llm.add_argument("--dataset", default="conll2003")
+    llm.add_argument("--train", type=int, default=200, help="reviewed examples (0: the whole pool)")
+    llm.add_argument("--n-test", type=int, default=100)
+    llm.add_argument("--mode", choices=["off", "hint"], default="off")
+    llm.add_argument("--out", required=True)
+    llm.add_argument("--timeout", type=float, default=300.0, help="LLM_TIMEOUT for this run (shared cores)")
+    combine = sub.add_parser("combine")
+    combine.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    {"build": cmd_build, "llm": cmd_llm, "combine": cmd_combine}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Issue 12, item 3: a gazetteer per <Labels> control from reviewed spans, offered to the LLM as candidate
+spans (STUDENT_MODE=hint) and combined with its answer (cascade); it follows every review event."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+from conftest import assert_valid, config, json_answer
+from webhook_payloads import annotation_event, deleted_event, project, span
+
+from backend.learning.gazetteer import GazetteerPolicy, build_gazetteer, isotonic, token_spans
+from backend.learning.span_cascade import CascadePolicy, SpanCascade, combine_spans
+from converters.task_spec import build_task_spec
+from prompts import SpanCandidate
+
+NER = config("ner")
+CONTROL = build_task_spec(NER).controls[0]
+T0 = 1_790_000_000.0
+HEADER = "Known entities from reviewed examples"
+
+
+def reviewed(text: str, *entities: tuple[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(data, result) of a reviewed sentence; each entity is its first occurrence in the text."""
+    return {"text": text}, [span(text, surface, label) for surface, label in entities]
+
+
+def spans_of(gazetteer: Any, text: str) -> list[tuple[str, str]]:
+    matches = gazetteer.match(text)
+    for m in matches:
+        assert text[m.start:m.end] == m.text  # exact offsets, always
+    return [(m.text, m.label) for m in matches]
+
+
+def many(*rows: tuple[dict[str, Any], list[dict[str, Any]]], times: int = 3) -> list[Any]:
+    """Every reviewed sentence several times (distinct examples), so cross-validation sees each surface."""
+    return [row for _ in range(times) for row in rows]
+
+
+# --- matching ---------------------------------------------------------------------------------------
+
+def test_longest_match_wins_and_matches_never_overlap() -> None:
+    gazetteer = build_gazetteer(CONTROL, many(
+        reviewed("He works for Bank of America now .", ("Bank of America", "ORG")),
+        reviewed("She flew to America on Monday .", ("America", "LOC")),
+        reviewed("Shares of York Stock Exchange members fell .", ("York Stock Exchange", "ORG")),
+        reviewed("New York was cold .", ("New York", "LOC")),
+    ))
+    assert spans_of(gazetteer, "Bank of America opened an office in America .") == [
+        ("Bank of America", "ORG"), ("America", "LOC")]
+    # "York Stock Exchange" (3 tokens) is taken before "New York" (2), which then overlaps and is left out
+    assert spans_of(gazetteer, "The New York Stock Exchange rose .") == [("York Stock Exchange", "ORG")]
+
+
+def test_whole_words_only_and_unicode_boundaries() -> None:
+    cafe_nfd = unicodedata.normalize("NFD", "Café Müller")
+    gazetteer = build_gazetteer(CONTROL, many(
+        reviewed("Paris is big .", ("Paris", "LOC")),
+        reviewed("Zürich won .", ("Zürich", "ORG")),
+        reviewed(f"We met at {cafe_nfd} .", (cafe_nfd, "LOC")),
+        reviewed("Le Monde wrote so .", ("Le Monde", "ORG")),
+    ))
+    assert spans_of(gazetteer, "A Parisian view of Paris .") == [("Paris", "LOC")]
+    assert spans_of(gazetteer, "Zürichsee is a lake ; Zürich is a city .") == [("Zürich", "ORG")]
+    # combining marks belong to their word: "Café" in NFD is not cut after "Cafe"
+    assert spans_of(gazetteer, f"{cafe_nfd}s is not {cafe_nfd} .") == [(cafe_nfd, "LOC")]
+    assert spans_of(gazetteer, "xLe Monde and Le Mondes") == []
+    assert token_spans("l'Équipe 2-1") == [(0, 1), (1, 2), (2, 8), (9, 10), (10, 11), (11, 12)]
+
+
+def test_majority_label_and_unreliable_surfaces_are_left_out() -> None:
+    rows = many(
+        reviewed("Jordan scored twice .", ("Jordan", "PER")),
+        reviewed("Jordan beat Iraq .", ("Jordan", "LOC"), ("Iraq", "LOC")),
+        reviewed("Jordan played well .", ("Jordan", "PER")),
+    )
+    # a reviewer once labelled the common word "May" (a month here) as a person; it is mostly unlabelled
+    rows += [reviewed("May Smith resigned in May .", ("May", "PER"))]
+    rows += [reviewed(f"Prices rose {i} percent in May .") for i in range(12)]
+    gazetteer = build_gazetteer(CONTROL, rows)
+    assert gazetteer.entries["Jordan"].label == "PER"
+    assert gazetteer.entries["Jordan"].majority == 6 and gazetteer.entries["Jordan"].labelled == 9
+    assert "May" in gazetteer.known and "May" not in gazetteer.entries
+    assert gazetteer.known["May"].occurrences == 14 and gazetteer.known["May"].score < 0.5
+    assert spans_of(gazetteer, "In May , Iraq met Jordan .") == [("Iraq", "LOC"), ("Jordan", "PER")]
+
+
+def test_scores_are_cross_validated_probabilities() -> None:
+    rows = many(reviewed("Reuters reported it .", ("Reuters", "ORG")), times=10)
+    rows += many(reviewed("Apple sold more .", ("Apple", "ORG")), reviewed("Apple pie is sweet ."), times=5)
+    gazetteer = build_gazetteer(CONTROL, rows)
+    reliable, mixed = gazetteer.known["Reuters"], gazetteer.known["Apple"]
+    assert 0.0 <= mixed.score <= reliable.score <= 1.0
+    assert reliable.score == 1.0  # every held-out "Reuters" was labelled ORG by its reviewer
+    xs, ys = isotonic([(0.1, 1.0), (0.2, 0.0), (0.3, 1.0), (0.3, 1.0)])
+    assert ys == sorted(ys) and xs == [0.1, 0.3]
+
+
+def test_no_spans_no_entries() -> None:
+    assert len(build_gazetteer(CONTROL, [reviewed("Nothing to see here .")])) == 0
+    assert build_gazetteer(CONTROL, [], GazetteerPolicy()).match("Paris") == []
+
+
+# --- the cascade's combination ----------------------------------------------------------------------
+
+def llm_region(text: str, surface: str, label: str, score: float = 0.6) -> dict[str, Any]:
+    region = span(text, surface, label)
+    return {**region, "score": score}
+
+
+def test_combination_keeps_exact_offsets_and_lets_a_reliable_gazetteer_span_win() -> None:
+    text = "Bank of America hired Ann Lee in Paris ."
+    regions = [llm_region(text, "America", "LOC"), llm_region(text, "Ann Lee", "PER"),
+               llm_region(text, "Paris", "PER")]
+    candidates = [SpanCandidate("label", 0, 15, "Bank of America", "ORG", 0.9),
+                  SpanCandidate("label", 33, 38, "Paris", "LOC", 0.8),
+                  SpanCandidate("label", 22, 25, "Ann", "PER", 0.2)]  # unreliable: the LLM's span stays
+    out = combine_spans(text, regions, candidates, CascadePolicy(trust=0.5), CONTROL)
+    assert [(r["value"]["text"], r["value"]["labels"][0]) for r in out] == [
+        ("Bank of America", "ORG"), ("Ann Lee", "PER"), ("Paris", "LOC")]
+    for region in out:
+        value = region["value"]
+        assert text[value["start"]:value["end"]] == value["text"] and 0.0 <= region["score"] <= 1.0
+    assert_valid(NER, {"text": text}, {"result": out, "model_version": "x"})
+    # a candidate whose text is not at its offsets (a stale one) is never emitted
+    stale = [SpanCandidate("label", 1, 16, "Bank of America", "ORG", 0.9)]
+    assert combine_spans(text, [], stale, CascadePolicy(), CONTROL) == []
+
+
+def test_span_cascade_passes_other_controls_through() -> None:
+    spec = build_task_spec(NER)
+    text = "Reuters said so ."
+    other = {"id": "c", "from_name": "other", "to_name": "text", "type": "choices", "value": {"choices": ["x"]}}
+    out = SpanCascade()(spec, {"text": text}, [other], [SpanCandidate("label", 0, 7, "Reuters", "ORG", 0.9)])
+    assert other in out and any(r.get("from_name") == "label" for r in out)
+
+
+# --- through the service: webhooks in, prompts out --------------------------------------------------
+
+def feed(client: Any, app: Any, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        assert client.post("/webhook", json=event).status_code == 200
+    app.extensions["lsllm_model"].worker.drain()
+
+
+def predict(client: Any, text: str, label_config: str = NER) -> dict[str, Any]:
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": text}}], "project": "7.1",
+                                             "label_config": label_config})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["results"][0]
+
+
+REUTERS = [("Reuters reported that Bonn agreed .", [("Reuters", "ORG"), ("Bonn", "LOC")]),
+           ("Bonn said Reuters was wrong .", [("Bonn", "LOC"), ("Reuters", "ORG")]),
+           ("Reuters and Bonn again .", [("Reuters", "ORG"), ("Bonn", "LOC")])]
+
+
+def reuters_events(start: int = 0, repeat: int = 2) -> list[dict[str, Any]]:
+    events = []
+    for i in range(repeat * len(REUTERS)):
+        text, entities = REUTERS[i % len(REUTERS)]
+        result = [span(text, s, label) for s, label in entities]
+        events.append(annotation_event("ANNOTATION_CREATED", NER, 100 + start + i, 200 + start + i, text, result,
+                                       T0 + i))
+    return events
+
+
+def hint_block(provider: Any) -> str | None:
+    content = provider.requests[-1]["messages"][-1]["content"]
+    return content.split(HEADER, 1)[1] if HEADER in content else None
+
+
+def test_hint_mode_learns_from_webhooks_and_forgets_on_update_and_delete(make_app, provider) -> None:
+    app = make_app(student_mode="hint", student_min_examples=2, selection_refresh_seconds=0, llm_cache=False)
+    client = app.test_client()
+    provider.responder = lambda body: json_answer({"label": []})
+    task = "Officials in Bonn denied the Reuters story ."
+    predict(client, task)
+    assert hint_block(provider) is None  # nothing reviewed yet: the prompt is the task text alone
+
+    feed(client, app, reuters_events())
+    predict(client, task)
+    block = hint_block(provider)
+    assert block is not None, provider.requests[-1]["messages"][-1]
+    assert '{"text": "Bonn", "label": "LOC"}' in block and '{"text": "Reuters", "label": "ORG"}' in block
+
+    # reviewers correct every "Reuters" span away (updated annotations): it leaves the gazetteer
+    updates = []
+    for i in range(2 * len(REUTERS)):
+        text, entities = REUTERS[i % len(REUTERS)]
+        result = [span(text, s, label) for s, label in entities if s != "Reuters"]
+        updates.append(annotation_event("ANNOTATION_UPDATED", NER, 100 + i, 200 + i, text, result, T0 + 100 + i))
+    feed(client, app, updates)
+    predict(client, task)
+    block = hint_block(provider)
+    assert block is not None and "Reuters" not in block and '"Bonn"' in block
+
+    # every annotation deleted: no gazetteer, and the prompt is unchanged again
+    feed(client, app, [deleted_event(NER, [100 + i for i in range(2 * len(REUTERS))])])
+    predict(client, task)
+    assert hint_block(provider) is None
+    assert provider.requests[-1]["messages"][-1]["content"] == task
+
+
+def test_deleted_tasks_and_config_changes_rebuild(make_app, provider) -> None:
+    app = make_app(student_mode="hint", student_min_examples=2, selection_refresh_seconds=0, llm_cache=False)
+    client = app.test_client()
+    provider.responder = lambda body: json_answer({"label": []})
+    feed(client, app, reuters_events())
+    task = "Reuters in Bonn ."
+    predict(client, task)
+    assert '"Reuters"' in (hint_block(provider) or "")
+
+    # the ORG label leaves the config: examples with ORG spans are set aside, ORG candidates disappear
+    no_org = NER.replace('<Label value="ORG"', '<Label value="NOPE"') if '<Label value="ORG"' in NER else None
+    assert no_org is not None, NER
+    feed(client, app, [{"action": "PROJECT_UPDATED", "project": project(7, no_org)}])
+    predict(client, task, no_org)
+    assert "Reuters" not in (hint_block(provider) or "")
+
+    feed(client, app, [{"action": "PROJECT_UPDATED", "project": project(7, NER)}])
+    predict(client, task)
+    assert '"Reuters"' in (hint_block(provider) or "")
+    feed(client, app, [{"action": "TASKS_DELETED", "tasks": [{"id": 200 + i} for i in range(6)],
+                        "project": project(7, NER)}])
+    predict(client, task)
+    assert hint_block(provider) is None
+
+
+def test_off_mode_and_choices_prompts_are_unchanged(make_app, provider) -> None:
+    app = make_app(student_mode="off", student_min_examples=2, selection_refresh_seconds=0, llm_cache=False)
+    client = app.test_client()
+    provider.responder = lambda body: json_answer({"label": []})
+    feed(client, app, reuters_events())
+    predict(client, "Reuters in Bonn .")
+    assert hint_block(provider) is None
+
+
+def test_cascade_answers_with_valid_regions_at_exact_offsets(make_app, provider) -> None:
+    app = make_app(student_mode="cascade", student_min_examples=2, selection_refresh_seconds=0, llm_cache=False)
+    client = app.test_client()
+    feed(client, app, reuters_events(repeat=3))
+    task = "Reuters quoted Ann Lee in Bonn ; Reuters again ."
+    # the model finds a person the gazetteer never saw, and mislabels Bonn
+    provider.responder = lambda body: json_answer({"label": [
+        {"text": "Ann Lee", "label": "PER"}, {"text": "Bonn", "label": "ORG"}]})
+    result = predict(client, task)
+    assert hint_block(provider) is not None  # the cascade's LLM call is a hint-mode call
+    assert_valid(NER, {"text": task}, result)
+    got = sorted((r["value"]["start"], r["value"]["text"], r["value"]["labels"][0]) for r in result["result"])
+    assert got == [(0, "Reuters", "ORG"), (15, "Ann Lee", "PER"), (26, "Bonn", "LOC"), (33, "Reuters", "ORG")]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'lsllm_spans_total{source="gazetteer"} 3.0' in metrics
+    assert 'lsllm_spans_total{source="llm"} 1.0' in metrics
+    assert json.loads(provider.requests[-1]["messages"][-2]["content"])  # a few-shot answer precedes the task
