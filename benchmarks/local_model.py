@@ -117,7 +117,8 @@ def main() -> None:
     from backend.service.app import build_model
     from backend.settings import Settings
 
-    base = Settings.model_validate({"data_dir": ROOT / "benchmarks" / "out"})
+    # no response cache: every task must reach the model to be timed
+    base = Settings.model_validate({"data_dir": ROOT / "benchmarks" / "out", "llm_cache": False})
     server = LocalModelServer(base)
     started = time.perf_counter()
     settings = settings_for_local(base, server.start())
