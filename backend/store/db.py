@@ -126,6 +126,25 @@ example_embeddings = Table(
     Column("created_at", Float, nullable=False),
 )
 
+review_outcomes = Table(
+    "review_outcomes",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("annotation_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("task_id", BigInteger, nullable=True),
+    Column("model_version", String(200), nullable=False),  # of the prediction the review started from
+    Column("prediction_id", BigInteger, nullable=True),
+    Column("score", Float, nullable=True),  # the prediction's score
+    Column("accepted", Integer, nullable=False),  # 1: the reviewer kept the prediction unchanged
+    Column("is_right", Integer, nullable=False),  # 1: every scored control equals the review
+    Column("predicted", Text, nullable=False),  # JSON: per control, what the model said
+    Column("reviewed", Text, nullable=False),  # JSON: per control, what the reviewer kept
+    Column("examples_before", Integer, nullable=False),  # live examples of the project at the first delivery
+    Column("updated_at", Float, nullable=False),  # Label Studio's annotation.updated_at
+    Column("recorded_at", Float, nullable=False),
+    Index("ix_review_outcomes_version", "project_id", "model_version"),
+)
+
 students = Table(
     "students",
     metadata,
@@ -287,6 +306,10 @@ def _migration_6(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE projects ALTER COLUMN access_token TYPE TEXT"))
 
 
+def _migration_7(conn: Connection) -> None:
+    """review_outcomes (live agreement of reviews with predictions): a new table, made by create_all."""
+
+
 def _migration_8(conn: Connection) -> None:
     """students (a classifier per <Choices> control, shared by all workers): a new table, made by create_all."""
 
@@ -298,6 +321,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (7, _migration_7),
     (8, _migration_8),
 ]
 
