@@ -78,11 +78,35 @@ def parse_annotation(raw: Any, task_id: int | None) -> dict[str, Any]:
         "updated_at": parse_time(raw.get("updated_at") or raw.get("created_at")),
         "completed_by": _user(raw.get("completed_by")),
         "prediction": (
-            {"result": prediction.get("result") or []}
+            {"result": prediction.get("result") or [], **_prediction_meta(prediction)}
             if isinstance(prediction, Mapping) and "result" in prediction
             else None
         ),
+        # the id of the prediction the annotation started from (live agreement looks it up when
+        # Label Studio sends `prediction: {}`, as it does unless the project pins a model version)
+        "parent_prediction": _optional_id(raw.get("parent_prediction")),
     }
+
+
+def _prediction_meta(prediction: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent prediction's id, score and model_version (for live agreement), when well-formed."""
+    out: dict[str, Any] = {}
+    score = prediction.get("score")
+    if isinstance(score, (int, float)) and not isinstance(score, bool):
+        out["score"] = float(score)
+    if isinstance(prediction.get("model_version"), str):
+        out["model_version"] = prediction["model_version"]
+    if _optional_id(prediction.get("id")) is not None:
+        out["id"] = _optional_id(prediction.get("id"))
+    return out
+
+
+def _optional_id(value: Any) -> int | None:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        return None
+    return int(value)
 
 
 def _task(raw: Any) -> dict[str, Any]:

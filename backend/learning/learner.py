@@ -10,16 +10,20 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 from sqlalchemy.engine import Engine
 
+from backend.learning.agreement import NoPrediction, review_outcome
+from backend.learning.prediction_fetch import PredictionFetch
+from backend.metrics import Metrics
 from backend.store.db import write
 from backend.store.example_store import ExampleStore, PendingEvent
-from backend.metrics import Metrics
 from backend.store.project_store import ProjectStore, count_changes, next_generation, upsert_project
+from backend.store.quality_store import QualityStore
 from converters.examples import result_errors, result_labels, reviewer_changed, unanswered
 from converters.task_spec import TaskSpec, build_task_spec
 
@@ -44,8 +48,11 @@ class Learner:
         metrics: Metrics,
         policy: VersionPolicy,
         resync: Resync | None = None,
+        fetch_prediction: PredictionFetch | None = None,
     ) -> None:
         self.engine = engine
+        self.quality = QualityStore(engine)  # live agreement, written with each annotation
+        self.fetch_prediction = fetch_prediction
         self.store = store
         self.projects = projects
         self.metrics = metrics
@@ -77,6 +84,8 @@ class Learner:
         """Apply several events in one write transaction (fewer commits, less lock contention);
         if any of them fails, apply them one by one so only the bad one is marked as an error."""
         simple = [e for e in batch if e.action != "START_TRAINING"]
+        for event in simple:
+            self._resolve_predictions(event)
         try:
             with write(self.engine) as conn:
                 for event in simple:
@@ -98,6 +107,7 @@ class Learner:
         try:
             if event.action == "START_TRAINING":
                 return self._resync(event)
+            self._resolve_predictions(event)
             with write(self.engine) as conn:
                 changes = self._apply_in(conn, event)
                 force = False
@@ -120,9 +130,11 @@ class Learner:
             return self._project_updated(conn, pid, payload.get("label_config"))
         seq = next_generation(conn, pid)
         if event.action == "ANNOTATIONS_DELETED":
+            self.quality.remove(conn, pid, payload.get("deleted_annotations") or [])
             return self.store.delete(conn, pid, payload.get("deleted_annotations") or [], seq)
         if event.action == "TASKS_DELETED":
             ids = self.store.annotation_ids_for_tasks(conn, pid, payload.get("deleted_tasks") or [])
+            self.quality.remove(conn, pid, ids)
             return self.store.delete(conn, pid, ids, seq)
         config = self.project_config(event)
         tasks = {t["id"]: t for t in payload.get("tasks") or []}
@@ -159,7 +171,36 @@ class Learner:
             "updated_at": float(annotation.get("updated_at") or 0.0),
             "status": status,
         }
-        return int(self.store.upsert(conn, pid, int(annotation["id"]), values, seq))
+        written = self.store.upsert(conn, pid, int(annotation["id"]), values, seq)
+        if written:  # not stale, not deleted: the review's outcome follows the example
+            self._record_agreement(conn, pid, task, annotation)
+        return int(written)
+
+    def _resolve_predictions(self, event: PendingEvent) -> None:
+        """Fill in the prediction an annotation started from when Label Studio sent only its id
+        (`parent_prediction`); network, so before the write transaction. Unreadable: left unknown."""
+        if self.fetch_prediction is None:
+            return
+        for annotation in event.payload.get("annotations") or []:
+            parent = annotation.get("parent_prediction")
+            if annotation.get("prediction") is None and parent is not None and not annotation.get("was_cancelled"):
+                annotation["prediction"] = self.fetch_prediction(event.project_id, int(parent))
+
+    def _record_agreement(self, conn: Any, pid: str, task: Mapping[str, Any], annotation: Mapping[str, Any]) -> None:
+        """Keep the review's outcome for live agreement (a skipped task has none); an annotation whose
+        prediction is unknown (none, or a resync, which Label Studio's API sends without it) keeps
+        whatever outcome an earlier delivery recorded."""
+        aid = int(annotation["id"])
+        try:
+            outcome = review_outcome(annotation, annotation.get("prediction"))
+        except NoPrediction:
+            return
+        except ValueError as exc:  # skipped, or regions agreement cannot read: no outcome for it
+            if not annotation.get("was_cancelled"):
+                log.warning("live agreement: annotation %s not scored: %s", aid, exc)
+            self.quality.remove(conn, pid, [aid])
+            return
+        self.quality.record(conn, pid, aid, task.get("id"), outcome, float(annotation.get("updated_at") or 0.0))
 
     def _project_updated(self, conn: Any, pid: str, config: str | None) -> int:
         """A changed label config sets aside examples whose labels vanished (and restores returning ones)."""
@@ -197,6 +238,7 @@ class Learner:
                     changes += self._upsert_annotation(conn, event.project_id, config, task, annotation, seq)
             present = self.store.all_rows(conn, event.project_id, ("live", "skipped", "set_aside"))
             gone = [e.annotation_id for e in present if e.annotation_id not in seen]
+            self.quality.remove(conn, event.project_id, gone)
             changes += self.store.delete(conn, event.project_id, gone, seq)
             count_changes(conn, event.project_id, changes, self.policy.mode, self.policy.every, force=True)
             self.store.mark_applied(conn, event.id, "applied")
