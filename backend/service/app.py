@@ -41,6 +41,9 @@ from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER, INSTALLED, We
 from backend.store.secrets import Secrets
 from backend.llm.response_cache import ResponseCache
 from backend.learning.resync import credentials, make_resync
+from backend.learning.agreement import headline, quality_report, summarise
+from backend.learning.prediction_fetch import make_prediction_fetch
+from backend.store.quality_store import QualityStore
 from backend.learning.selection import Selector, ShortlistPolicy
 from backend.learning.span_cascade import gazetteer_book, span_hook
 from backend.settings import Settings
@@ -94,6 +97,7 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         metrics,
         VersionPolicy(settings.examples_version_policy, settings.examples_version_every),
         resync=make_resync(settings, projects),
+        fetch_prediction=make_prediction_fetch(settings, projects),
     )
     push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size, sender=sdk_sender)
     webhooks = WebhookInstaller(
@@ -309,18 +313,69 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
             }
         )
 
+    quality = QualityStore(model.examples.engine)
+
+    @app.get("/projects/<project>/quality")
+    def project_quality(project: str) -> Any:
+        """Live agreement of reviews with the predictions they started from (backend.learning.agreement)."""
+        try:
+            project_id = normalise_project_id(project)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        try:
+            outcomes, order = quality.outcomes(project_id)
+        except SQLAlchemyError:
+            return _error(503, "the backend's store is unavailable")
+        return jsonify(quality_report(project_id, outcomes, order))
+
     @app.get("/versions")
     def versions() -> Any:
         return jsonify({"versions": [model.version_for()], "model_dir": str(settings.data_dir)})
 
     @app.get("/metrics")
     def metrics_route() -> Any:
-        body = metrics.exposition() + store_metrics(model)
+        body = metrics.exposition() + store_metrics(model) + quality_metrics(quality)
         if settings.local_status_file is not None:
             body += local_model_metrics(read_status(settings.local_status_file))
         return Response(body, mimetype="text/plain; version=0.0.4")
 
     return app
+
+
+def quality_metrics(quality: QualityStore) -> bytes:
+    """Live agreement gauges per project and model_version, from the shared store (same in every worker)."""
+    lines = [
+        "# HELP lsllm_quality_reviews Reviews of predictions by project and model_version",
+        "# TYPE lsllm_quality_reviews gauge",
+    ]
+    accepted = [
+        "# HELP lsllm_quality_accepted_share Share of predictions the reviewers accepted unchanged",
+        "# TYPE lsllm_quality_accepted_share gauge",
+    ]
+    score = [
+        "# HELP lsllm_quality_agreement Accuracy (choices) or strict span F1 (labels) against the reviews",
+        "# TYPE lsllm_quality_agreement gauge",
+    ]
+    try:
+        for project_id, outcomes in sorted(quality.all_outcomes().items()):
+            groups: dict[str, list[Any]] = {}
+            for o in outcomes:
+                groups.setdefault(o.model_version, []).append(o)
+            for version, rows in sorted(groups.items()):
+                labels = f'project="{project_id}",model_version="{_label_value(version)}"'
+                summary = summarise(rows)
+                lines.append(f"lsllm_quality_reviews{{{labels}}} {summary['reviews']}")
+                accepted.append(f"lsllm_quality_accepted_share{{{labels}}} {summary['accepted_share']}")
+                main = headline(summary)
+                if main is not None and main[1] is not None:
+                    score.append(f'lsllm_quality_agreement{{{labels},metric="{main[0]}"}} {main[1]}')
+    except SQLAlchemyError:
+        return b"# quality: store unavailable\n"
+    return ("\n".join(lines + accepted + score) + "\n").encode()
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def store_metrics(model: LLMBackendModel) -> bytes:
