@@ -1,5 +1,5 @@
 """`lsllm`: serve (gunicorn), predict (files), prelabel (a Label Studio project), plan (cost before a run),
-examples (export).
+examples (export), report (live agreement as HTML).
 
 Settings are read from the environment once, here, and passed down.
 """
@@ -375,6 +375,31 @@ def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """A project's live agreement (reviews vs predictions) as one self-contained HTML page."""
+    from backend.runs.report import render
+    from backend.store.db import make_engine, migrate
+    from backend.store.project_id import normalise_project_id
+    from backend.store.quality_store import QualityStore
+
+    try:
+        project_id = normalise_project_id(args.project)
+    except ValueError as exc:
+        print(f"lsllm report: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    outcomes, versions = QualityStore(engine).outcomes(project_id)
+    page = render(project_id, outcomes, versions)
+    if args.out == "-":
+        print(page)
+    else:
+        Path(args.out).write_text(page, encoding="utf-8")
+    print(f"lsllm report: {len(outcomes)} reviews of project {project_id}, {len(versions)} model versions",
+          file=sys.stderr)
+    return 0
+
+
 def _project_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--url", help="Label Studio URL (default LABEL_STUDIO_URL)")
     p.add_argument("--api-key", help="Label Studio access token (default LABEL_STUDIO_API_KEY)")
@@ -433,6 +458,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="-", help="file to write, - for stdout")
     export.add_argument("--status", default="live", choices=["live", "skipped", "set_aside", "deleted"])
     export.set_defaults(func=cmd_examples_export)
+    report = sub.add_parser("report", help="a project's agreement of predictions with reviewers, as an HTML page")
+    report.add_argument("--project", required=True, help="Label Studio project id")
+    report.add_argument("--out", default="report.html", help="file to write, - for stdout")
+    report.set_defaults(func=cmd_report)
     return p
 
 
