@@ -165,6 +165,22 @@ def test_crash_loop_shows_in_health_metrics_and_one_log_line(tmp_path: Path, cap
     assert "SIGSEGV" in line
 
 
+def test_serve_keeps_running_when_the_server_crashes_at_start(tmp_path: Path, caplog) -> None:
+    # `lsllm serve` (keep_trying): the crashing build must not stop the backend; /health says why
+    base = settings(tmp_path, local_restart_backoff_max=0.2)
+    server = LocalModelServer(base, target=fake("segfault"))
+    caplog.set_level(logging.INFO, logger="backend.llm.local_server")
+    try:
+        server.start(keep_trying=True)
+        wait_for(lambda: server.state == CRASH_LOOP, 30, "a crash loop")
+        status = read_status(server.status_file)
+        assert status is not None and status.state == CRASH_LOOP and "SIGSEGV" in (status.reason or "")
+    finally:
+        server.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Remedy" in errors[0], errors
+
+
 def test_the_cause_of_death_survives_a_reaper(tmp_path: Path) -> None:
     # gunicorn's master reaps every child (waitpid(-1)); Popen then reports a segfaulted server as "exit 0"
     server = LocalModelServer(settings(tmp_path), target=fake("segfault"))

@@ -197,7 +197,7 @@ class LocalModelServer:
                 self._terminate()
                 self._set_state(STOPPED, str(exc))
                 raise LocalModelError(f"{exc}. llama.cpp build: {build_features()}. Remedy: {REMEDY}") from exc
-            log.error("%s", exc)
+            # the watcher counts this death within a second and logs it (a crash loop: once, as an error)
         else:
             self._set_state(READY)
         if self._watcher is None:
