@@ -375,6 +375,37 @@ def cmd_examples_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Learning curve of this backend on a labelled train/test pair (backend.runs.eval)."""
+    import shlex
+
+    from backend.runs.eval import EvalOptions, parse_points
+    from backend.runs.eval_report import eval_settings, run_eval
+
+    try:
+        options = EvalOptions(points=parse_points(args.points), n_test=args.n_test, seed=args.seed)
+        Path(args.config).read_text(encoding="utf-8")
+    except (ValueError, OSError) as exc:
+        print(f"lsllm eval: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    settings = eval_settings(settings, Path(args.data_dir) if args.data_dir else out / "data")
+    command = "lsllm eval " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in
+        (("config", args.config), ("train", args.train), ("test", args.test), ("points", args.points),
+         ("n_test", args.n_test), ("seed", args.seed), ("out", args.out), ("data_dir", args.data_dir)) if v is not None)
+    with provider(settings) as ready:
+        try:
+            results = run_eval(ready, Path(args.config), Path(args.train), Path(args.test), options, out,
+                               command=command, progress=not args.no_progress)
+        except ValueError as exc:
+            print(f"lsllm eval: {exc}", file=sys.stderr)
+            return 2
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"lsllm eval: {len(results['results'])} points in {results['wall_seconds']:.0f} s -> {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """A project's live agreement (reviews vs predictions) as one self-contained HTML page."""
     from backend.runs.report import render
@@ -462,6 +493,18 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--project", required=True, help="Label Studio project id")
     report.add_argument("--out", default="report.html", help="file to write, - for stdout")
     report.set_defaults(func=cmd_report)
+    ev = sub.add_parser("eval", help="learning curve on a labelled train/test pair: examples fed through the "
+                        "webhook path, the test sample predicted by the full pipeline, scored")
+    ev.add_argument("--config", required=True, help="label config XML file")
+    ev.add_argument("--train", required=True, help="Label Studio tasks with annotations: the reviewed examples")
+    ev.add_argument("--test", required=True, help="Label Studio tasks with annotations: scored, never learned from")
+    ev.add_argument("--points", default="0,50,200,1000,all", help="numbers of examples to measure at (nested)")
+    ev.add_argument("--n-test", type=int, default=200, help="test tasks (a seeded sample)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the train order and the test sample")
+    ev.add_argument("--out", default="eval-out", help="directory for results.json, results.md and the plots")
+    ev.add_argument("--data-dir", help="store and response cache of the eval (default OUT/data; a re-run reuses it)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
     return p
 
 

@@ -98,7 +98,7 @@ def span_scores(gold: Sequence[Iterable[Span]], predicted: Sequence[Iterable[Spa
     (no answer) contributes its gold spans as misses."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold tasks but {len(predicted)} predictions")
-    counts: dict[str, Counter] = {}
+    counts: dict[str, Counter[str]] = {}
     for g_spans, p_spans in zip(gold, predicted):
         g = Counter(g_spans)
         p = Counter(p_spans or [])
@@ -110,9 +110,9 @@ def span_scores(gold: Sequence[Iterable[Span]], predicted: Sequence[Iterable[Spa
         for (_, _, label), c in (g - hit).items():
             counts.setdefault(label, Counter())["fn"] += c
     per_label = {label: prf(c["tp"], c["fp"], c["fn"]) for label, c in sorted(counts.items())}
-    total = Counter()
-    for c in counts.values():
-        total.update(c)
+    total: Counter[str] = Counter()
+    for label_counts in counts.values():
+        total.update(label_counts)
     answered = sum(1 for p in predicted if p is not None)
     return SpanScores(prf(total["tp"], total["fp"], total["fn"]), per_label, answered / len(gold) if gold else 0.0)
 
