@@ -205,9 +205,10 @@ class Settings(BaseSettings):
         "classification call",
     )
     long_choices: str = Field(
-        default="select", pattern="^(select|vote)$", validation_alias="LONG_CHOICES",
-        description="a <Choices> text over the budget: select (head, tail and the sentences nearest the "
-        "labels, one call) or vote (one call per chunk, votes combined)",
+        default="vote", pattern="^(select|vote)$", validation_alias="LONG_CHOICES",
+        description="a <Choices> text over the budget: vote (one call per chunk, votes weighed by their "
+        "scores; measured best, benchmarks/long_docs.py choices) or select (head, tail and the sentences "
+        "nearest the labels, one call)",
     )
     pii_masking: str = Field(
         default="off", pattern="^(off|on|always)$", validation_alias="PII_MASKING",
