@@ -96,17 +96,24 @@ def test_budgets_follow_the_answer_cap_the_context_and_chunk_chars(tmp_path) -> 
     assert choices_budget(provider) > 50_000
 
 
-def test_votes_of_several_chunks_pick_the_heaviest_choice() -> None:
+def test_votes_weigh_chunks_by_the_evidence_of_their_scores() -> None:
     spec = TaskSpec((ControlSpec("s", "choices", "t", "text", (LabelSpec("pos", "pos"), LabelSpec("neg", "neg"))),),
                     (("t", "text"),))
     region = {"from_name": "s", "to_name": "t", "type": "choices"}
-    votes = [[{**region, "value": {"choices": ["pos"]}, "score": 0.55}],
-             [{**region, "value": {"choices": ["pos"]}, "score": 0.5}],
-             [{**region, "value": {"choices": ["neg"]}, "score": 0.99}],
-             []]
-    (combined,) = combine_choices(spec, votes)
-    assert combined["value"]["choices"] == ["pos"]  # 1.05 against 0.99
-    assert combined["score"] == pytest.approx(0.525)
+
+    def vote(choice: str, score: float | None = None) -> list[dict]:
+        return [{**region, "value": {"choices": [choice]}, **({"score": score} if score is not None else {})}]
+
+    # pages that barely lean one way do not outvote the one passage that is sure
+    (combined,) = combine_choices(spec, [vote("pos", 0.6), vote("pos", 0.55), vote("pos", 0.5), vote("neg", 0.97), []])
+    assert combined["value"]["choices"] == ["neg"]
+    assert combined["score"] == pytest.approx(0.97)
+    # several sure chunks outweigh one
+    (combined,) = combine_choices(spec, [vote("pos", 0.95), vote("pos", 0.9), vote("neg", 0.97)])
+    assert combined["value"]["choices"] == ["pos"]
+    # no scores: a majority vote
+    (combined,) = combine_choices(spec, [vote("neg"), vote("pos"), vote("neg")])
+    assert combined["value"]["choices"] == ["neg"] and "score" not in combined
 
 
 # --- whole documents through /predict ----------------------------------------------------------------

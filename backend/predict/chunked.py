@@ -19,6 +19,7 @@ A chunk that fails fails the task (`[]`, asked again later; the chunks already a
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -304,10 +305,20 @@ class DocumentRunner:
         return out
 
 
+def vote_weight(score: float | None, n_labels: int) -> float:
+    """A chunk's vote for a choice: the evidence its score gives over a uniform guess, log(p / ((1-p)/(K-1))),
+    never below 0 (a chunk that barely leans adds nearly nothing, so pages of unrelated text do not
+    outvote the one passage that carries the answer); 1 when the answer has no score."""
+    if score is None:
+        return 1.0
+    p = min(max(score, 1e-6), 1 - 1e-6)
+    return max(0.0, math.log(p * max(1, n_labels - 1) / (1 - p)))
+
+
 def combine_choices(spec: TaskSpec, answers: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """<Choices> regions of several chunks -> one per control: each chunk's choices vote with their score
-    (1 when unscored); a single-choice control takes the heaviest, a multiple one every choice with at
-    least half the heaviest's weight."""
+    """<Choices> regions of several chunks -> one per control: each chunk's choices vote with the weight
+    of their score (vote_weight); a single-choice control takes the heaviest, a multiple one every choice
+    with at least half the heaviest's weight."""
     weights: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     template: dict[str, dict[str, Any]] = {}
@@ -316,10 +327,15 @@ def combine_choices(spec: TaskSpec, answers: list[list[dict[str, Any]]]) -> list
             name = str(region.get("from_name"))
             template.setdefault(name, region)
             score = region.get("score")
+            known = float(score) if isinstance(score, (int, float)) else None
+            try:
+                n_labels = len(spec.control(name).labels)
+            except KeyError:
+                continue
             for choice in (region.get("value") or {}).get("choices") or []:
-                weights[name][choice] += float(score) if isinstance(score, (int, float)) else 1.0
-                if isinstance(score, (int, float)):
-                    scores[name][choice].append(float(score))
+                weights[name][choice] += vote_weight(known, n_labels) + 1e-9
+                if known is not None:
+                    scores[name][choice].append(known)
     out = []
     for name, votes in weights.items():
         try:
