@@ -52,6 +52,7 @@ def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path:
     started = time.time()
     project_id = int(started * 1000) % 2_000_000_000  # a new, empty project per run
     rows: list[dict[str, Any]] = []
+    results: dict[str, Any] = {}
     try:
         evaluation = Evaluation(model, config, project_id, options)
         kind = task_kind(evaluation.plan)
@@ -62,24 +63,31 @@ def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path:
             run = evaluation.run_point(train, order, point, tasks, lambda: bar.update(1), kind == "classification")
             row = score_point(run, evaluation.plan, test, ids, prices, evaluation.plan.model)
             rows.append(row)
+            model.predictor.llm.flush()  # the answers are in the cache before the next point
             _write_predictions(out / f"predictions-{point}.json", ids, test, run)
+            # written after every point, so an interrupted run keeps the points it finished
+            results = {
+                "command": command, "config": str(config_path), "train": str(train_path), "test": str(test_path),
+                "kind": kind, "model": evaluation.plan.model, "provider": settings.llm_base_url or "embedded",
+                "seed": options.seed, "n_test": len(ids), "train_size": len(order), "points": points,
+                "project_id": project_id, "data_dir": str(settings.data_dir), "knn_k": options.knn_k,
+                "embeddings": settings.embeddings_model or "lexical",
+                "wall_seconds": round(time.time() - started, 1),
+                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                "complete": len(rows) == len(points), "results": rows,
+            }
+            write_results(results, out)
         bar.close()
     finally:
         model.close()
-    results = {
-        "command": command, "config": str(config_path), "train": str(train_path), "test": str(test_path),
-        "kind": kind, "model": evaluation.plan.model, "provider": settings.llm_base_url or "embedded",
-        "seed": options.seed, "n_test": len(ids), "train_size": len(order), "points": points,
-        "project_id": project_id, "data_dir": str(settings.data_dir), "knn_k": options.knn_k,
-        "embeddings": settings.embeddings_model or "lexical",
-        "wall_seconds": round(time.time() - started, 1), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                      time.gmtime(started)),
-        "results": rows,
-    }
+    return results
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.md and the two plots."""
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     (out / "results.md").write_text(markdown(results), encoding="utf-8")
     plot(results, out)
-    return results
 
 
 def _write_predictions(path: Path, ids: Sequence[int], test: Sequence[dict[str, Any]], run: Any) -> None:
@@ -118,9 +126,10 @@ def markdown(results: dict[str, Any]) -> str:
                   format_cost(r["cost_usd"]).replace(" (set LLM_PRICES)", ""), _f(r["seconds_per_task"], 2),
                   f"{by.get('llm', 0)}/{by.get('student', 0)}"]
         lines.append("| " + " | ".join(cells) + " |")
+    partial = "" if results.get("complete", True) else " (interrupted: not every point was run)"
     meta = (f"{results['kind']}, model {results['model']} ({results['provider']}), similarity "
             f"{results['embeddings']}, {results['n_test']} test tasks, train {results['train_size']}, "
-            f"seed {results['seed']}, wall time {results['wall_seconds']:.0f} s")
+            f"seed {results['seed']}, wall time {results['wall_seconds']:.0f} s{partial}")
     return f"{meta}\n\n" + "\n".join(lines) + f"\n\n`{results['command']}`\n"
 
 
