@@ -122,6 +122,24 @@ def test_a_decoding_server_is_ready_and_its_status_is_written(tmp_path: Path) ->
 
 
 @pytest.mark.slow  # restarts a dying server until the loop is declared (about 5 s)
+def test_a_forked_worker_that_exits_leaves_the_server_and_its_status_alone(tmp_path: Path) -> None:
+    # gunicorn forks its workers inside `with provider(...)`: a worker's exit runs provider's finally
+    server = LocalModelServer(settings(tmp_path), target=fake("ok"))
+    server.start()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the "worker"
+            try:
+                server.stop()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert server.status_file.exists(), "a worker's exit removed the master's status file"
+        assert server.alive() and server.healthy()
+    finally:
+        server.stop()
+
+
 def test_crash_loop_shows_in_health_metrics_and_one_log_line(tmp_path: Path, caplog) -> None:
     targets = [fake("ok")]  # the first start works; every later start segfaults until told otherwise
     base = settings(tmp_path, local_crash_loop_deaths=3, local_crash_loop_seconds=60, local_restart_backoff_max=0.2)

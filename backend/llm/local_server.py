@@ -167,6 +167,7 @@ class LocalModelServer:
         self.deaths = 0
         self.state = STOPPED
         self.reason: str | None = None
+        self._owner_pid = os.getpid()
 
     @property
     def base_url(self) -> str:
@@ -364,6 +365,11 @@ class LocalModelServer:
             self._set_state(READY)
 
     def stop(self) -> None:
+        """Stop the server and remove the status file, in the process that started it only: gunicorn's
+        workers are forked inside `lsllm serve`'s `with provider(...)`, so a worker that exits runs this
+        too, on a stale copy."""
+        if os.getpid() != self._owner_pid:
+            return
         self._stopping.set()
         self._terminate()
         if self._watcher is not None and self._watcher is not threading.current_thread():
