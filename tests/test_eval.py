@@ -186,3 +186,13 @@ def test_examples_are_in_the_store_and_test_gold_never_reaches_the_provider(
                 assert not any(t in turn["content"] for t in test_texts), turn
         with_examples += bool(turns)
     assert with_examples > 0  # the check above is not vacuous: examples were shown
+
+
+def test_answered_by_reads_the_student_flag_of_a_result() -> None:
+    from types import SimpleNamespace
+
+    from backend.runs.eval import answered_by
+
+    assert answered_by(SimpleNamespace(student=True, item={"result": []})) == "student"  # type: ignore[arg-type]
+    assert answered_by(SimpleNamespace(student=False, item={"result": []})) == "llm"  # type: ignore[arg-type]
+    assert answered_by(SimpleNamespace(item={"result": []})) == "llm"  # type: ignore[arg-type]  # no student field

@@ -54,6 +54,7 @@ class PointRun:
     feed_seconds: float = 0.0
     predict_seconds: float = 0.0
     removed_regions: float = 0.0  # regions the pipeline dropped as invalid during this point
+    student_trained: bool = False  # a student model was trained on this point's examples before predicting
 
 
 def parse_points(text: str) -> tuple[int | None, ...]:
@@ -175,6 +176,24 @@ class Evaluation:
         self.fed = upto
         return sent
 
+    def settle_students(self, timeout: float = 3600.0) -> bool:
+        """With a student model configured (STUDENT_MODE, backend.learning.students): ask for the students
+        of the examples now in the store and wait until they are trained, so every test task of the point
+        meets the same student (in production the first tasks after a burst of reviews still meet the
+        previous one). Returns whether a student was waited for."""
+        students = getattr(self.model.predictor.pipeline, "student", None)
+        trainer = getattr(students, "trainer", None)
+        if students is None or trainer is None or not hasattr(trainer, "wait_idle"):
+            return False
+        controls = [c for c in self.plan.spec.controls if c.kind == "choices" and not c.multiple]
+        for control in controls:
+            students.student(self.pid, self.plan.spec, control)  # asks the trainer for the current version
+        if not trainer.wait_idle(timeout):
+            raise TimeoutError(f"student training still running after {timeout:.0f} s")
+        # the students' lookup cache answers the previous student for refresh_seconds after a lookup
+        time.sleep(float(getattr(getattr(students, "policy", None), "refresh_seconds", 0.0)))
+        return bool(controls)
+
     def predict(self, tasks: Sequence[Mapping[str, Any]], on_done: Callable[[], None]) -> dict[int, TaskResult]:
         """Predict {"id", "data"} tasks for the project; results by task id."""
         version = self.model.version_for(self.plan, self.pid)
@@ -200,6 +219,7 @@ class Evaluation:
         run = PointRun(examples=upto)
         started = time.perf_counter()
         self.feed(train, order, upto)
+        run.student_trained = self.settle_students()
         run.feed_seconds = time.perf_counter() - started
         run.store = self.model.examples.counts(self.pid)
         run.events = self.model.examples.event_counts(self.pid)
@@ -231,13 +251,9 @@ def task_kind(plan: ProjectPlan) -> str:
 
 
 def answered_by(result: TaskResult) -> str:
-    """Who answered a task: the student model when the prediction says so, else the LLM."""
-    item = result.item if isinstance(result.item, Mapping) else {}
-    version = str(item.get("model_version") or "")
-    source = getattr(result, "source", None) or item.get("source")
-    if source:
-        return str(source)
-    return "student" if "student" in version else "llm"
+    """Who answered a task: "student" when the student model answered it without an LLM call
+    (TaskResult.student, STUDENT_MODE=cascade), else "llm"."""
+    return "student" if getattr(result, "student", False) else "llm"
 
 
 def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, Any]], ids: Sequence[int],
@@ -259,7 +275,7 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost,
         "cached_tasks": sum(1 for r in results if r.cached),
         "invalid_regions": sum(invalid_regions(plan, test[i]["data"], item) for i, item in zip(ids, items)),
-        "removed_invalid_regions": run.removed_regions,
+        "removed_invalid_regions": run.removed_regions, "student_trained": run.student_trained,
         "outcomes": _count(r.reason for r in results),
         "answered_by": _count(answered_by(r) for r, it in zip(results, items) if it is not None),
     }

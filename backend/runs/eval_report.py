@@ -17,6 +17,7 @@ from backend.runs.eval import (
     Evaluation,
     load_tasks,
     score_point,
+    selector_of,
     task_kind,
     test_sample,
     train_order,
@@ -27,8 +28,12 @@ from backend.settings import Settings
 def eval_settings(settings: Settings, data_dir: Path) -> Settings:
     """The settings the eval runs with: its own DATA_DIR (store and response cache, reused by a
     re-run), and the selection index refreshed on every task, so a prediction made right after the
-    worker applied the examples sees them (production sees them within SELECTION_REFRESH_SECONDS)."""
-    return settings.model_copy(update={"data_dir": data_dir, "selection_refresh_seconds": 0.0})
+    worker applied the examples sees them (production sees them within SELECTION_REFRESH_SECONDS), and
+    a student trained without the debounce that groups a burst of reviews (the eval waits for it)."""
+    update: dict[str, Any] = {"data_dir": data_dir, "selection_refresh_seconds": 0.0}
+    if "student_debounce_seconds" in Settings.model_fields:  # the eval waits for the student itself
+        update["student_debounce_seconds"] = 0.0
+    return settings.model_copy(update=update)
 
 
 def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path: Path, options: EvalOptions,
@@ -72,6 +77,9 @@ def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path:
                 "seed": options.seed, "n_test": len(ids), "train_size": len(order), "points": points,
                 "project_id": project_id, "data_dir": str(settings.data_dir), "knn_k": options.knn_k,
                 "embeddings": settings.embeddings_model or "lexical",
+                "selection_similarity": getattr(settings, "selection_similarity", "lexical"),
+                "vectors": _similarity(selector_of(model).vectors),
+                "student_mode": getattr(settings, "student_mode", "off"),
                 "wall_seconds": round(time.time() - started, 1),
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "complete": len(rows) == len(points), "results": rows,
@@ -81,6 +89,14 @@ def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path:
     finally:
         model.close()
     return results
+
+
+def _similarity(vectors: Any) -> str:
+    """The selection's similarity source: the vector source's embedder class, or lexical."""
+    if vectors is None:
+        return "lexical"
+    embedder = getattr(vectors, "embedder", None)
+    return type(embedder).__name__ if embedder is not None else type(vectors).__name__
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
@@ -127,8 +143,9 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{by.get('llm', 0)}/{by.get('student', 0)}"]
         lines.append("| " + " | ".join(cells) + " |")
     partial = "" if results.get("complete", True) else " (interrupted: not every point was run)"
-    meta = (f"{results['kind']}, model {results['model']} ({results['provider']}), similarity "
-            f"{results['embeddings']}, {results['n_test']} test tasks, train {results['train_size']}, "
+    meta = (f"{results['kind']}, model {results['model']} ({results['provider']}), selection "
+            f"{results.get('vectors', results['embeddings'])}, student {results.get('student_mode', 'off')}, "
+            f"{results['n_test']} test tasks, train {results['train_size']}, "
             f"seed {results['seed']}, wall time {results['wall_seconds']:.0f} s{partial}")
     return f"{meta}\n\n" + "\n".join(lines) + f"\n\n`{results['command']}`\n"
 
