@@ -205,3 +205,19 @@ def test_report_page_from_the_store_the_backend_uses(make_app, tmp_path, monkeyp
     assert row("v1", "2", "0.500", "0.500") in page
     assert row("v2", "1", "1.000", "1.000") in page
     assert main(["report", "--project", "not a project", "--out", str(out)]) == 2
+
+
+def test_bulk_predictions_to_annotations_are_no_reviews(make_app) -> None:
+    """Label Studio's "Create annotations from predictions" (ANNOTATIONS_CREATED) copies predictions: no
+    reviewer judged them, so they must not count as accepted; a later edit of one is a review."""
+    app = make_app()
+    client = app.test_client()
+    one, two = review(1, 11, "positive", "positive", 0.9), review(2, 12, "neutral", "neutral", 0.4)
+    bulk = {"action": "ANNOTATIONS_CREATED", "annotation": [one["annotation"], two["annotation"]],
+            "task": [one["task"], two["task"]], "project": one["project"]}
+    send(client, app, bulk)
+    assert len(client.get("/projects/7/examples").get_json()["examples"]) == 2
+    assert quality(client)["overall"]["reviews"] == 0
+    send(client, app, review(2, 12, "negative", "neutral", 0.4, updated=T0 + 5, action="ANNOTATION_UPDATED"))
+    overall = quality(client)["overall"]
+    assert (overall["reviews"], overall["accepted"]) == (1, 0)

@@ -29,6 +29,10 @@ from converters.task_spec import TaskSpec, build_task_spec
 
 log = logging.getLogger(__name__)
 
+# the events that are a reviewer's judgement of a prediction: a bulk "predictions to annotations"
+# (ANNOTATIONS_CREATED) or imported annotations (TASKS_CREATED) copy predictions without one
+REVIEWS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+
 # (project_id) -> list of (task dict with id/data, [annotation dicts]) fetched from Label Studio
 Resync = Callable[[str], list[tuple[dict[str, Any], list[dict[str, Any]]]]]
 
@@ -143,11 +147,12 @@ class Learner:
             task = tasks.get(annotation.get("task_id"))
             if task is None:
                 continue
-            changes += self._upsert_annotation(conn, pid, config, task, annotation, seq)
+            changes += self._upsert_annotation(conn, pid, config, task, annotation, seq, event.action in REVIEWS)
         return changes
 
     def _upsert_annotation(
-        self, conn: Any, pid: str, config: str | None, task: Mapping[str, Any], annotation: Mapping[str, Any], seq: int
+        self, conn: Any, pid: str, config: str | None, task: Mapping[str, Any], annotation: Mapping[str, Any], seq: int,
+        review: bool = False,
     ) -> int:
         parsed = self._parse(config)
         data = dict(task.get("data") or {})
@@ -172,7 +177,7 @@ class Learner:
             "status": status,
         }
         written = self.store.upsert(conn, pid, int(annotation["id"]), values, seq)
-        if written:  # not stale, not deleted: the review's outcome follows the example
+        if written and review:  # not stale, not deleted: the review's outcome follows the example
             self._record_agreement(conn, pid, task, annotation)
         return int(written)
 
