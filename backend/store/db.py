@@ -165,7 +165,40 @@ students = Table(
     Column("created_at", Float, nullable=True),
 )
 
-SCHEMA_VERSION = 8
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # retrieve (a pushed "Retrieve predictions") | refresh
+    Column("model_version", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # queued, running, done, failed, cancelled, interrupted...
+    Column("total", Integer, nullable=False),
+    Column("running", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("llm_calls", Integer, nullable=False),
+    Column("cancel_requested", Integer, nullable=False),
+    Column("owner", String(64), nullable=True),  # the process running it
+    Column("claim_key", String(300), nullable=True, unique=True),  # one refresh per project and version
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),  # the heartbeat of the process running it
+    Column("finished_at", Float, nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_jobs_project", "project_id", "id"),
+)
+
+review_tabs = Table(
+    "review_tabs",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("view_id", BigInteger, nullable=True),  # Label Studio's Data Manager view; NULL while being created
+    Column("claimed_at", Float, nullable=False),
+)
+
+SCHEMA_VERSION = 9
 
 
 def _insert_ignoring(conn: Connection, table: Table) -> Any:
@@ -314,6 +347,11 @@ def _migration_8(conn: Connection) -> None:
     """students (a classifier per <Choices> control, shared by all workers): a new table, made by create_all."""
 
 
+def _migration_9(conn: Connection) -> None:
+    """jobs (pushed retrieves and refreshes with per-task counts) and review_tabs (the Data Manager tab
+    each project got): new tables, made by create_all."""
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
@@ -323,6 +361,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (9, _migration_9),
 ]
 
 
