@@ -141,3 +141,35 @@ def test_the_response_cache_keys_on_the_masked_prompt(make_app, provider) -> Non
     assert len(provider.requests) == calls  # the same masked prompt: answered from the cache
     assert first["result"][0]["value"]["text"] == "anna.lee@example.com"
     assert second["result"][0]["value"]["text"] == "tom.king@example.org"
+
+
+def test_batch_mode_sends_masked_tasks_live_never_in_an_upload(tmp_path) -> None:
+    """`lsllm prelabel --batch` uploads raw requests: a masked task must not be one of them."""
+    from conftest import make_settings
+    from scripted_provider import ScriptedProvider
+
+    from backend.llm.pricing import PriceTable
+    from backend.runs.batch_api import BatchOptions, BatchRun
+    from backend.runs.prelabel import RunTarget
+    from backend.service.app import build_model
+
+    cases = samples()[:4]
+    with ScriptedProvider(placeholder_answers) as provider:
+        model = build_model(make_settings(tmp_path, provider.base_url, llm_model="gpt-4o-mini", pii_masking="on",
+                                          llm_logprobs=False))
+        try:
+            plan = model.predictor.plan(CONFIG)
+            pushed: list[dict] = []
+            target = RunTarget(model.predictor, plan, "v-batch", "7", pushed.extend, PriceTable.from_setting(None))
+            todo = [{"id": i, "data": {"text": t}, "predictions": []} for i, (t, _) in enumerate(cases)]
+            stats = BatchRun(target, BatchOptions(tmp_path / "state.json", poll_seconds=0.01)).run(iter(todo))
+        finally:
+            model.close()
+        assert provider.batches.uploads == 0
+        sent = json.dumps(provider.requests, ensure_ascii=False)
+    assert len(provider.requests) == len(cases) and stats.predicted == len(cases)
+    assert [v for _, values in cases for v, _ in values if v in sent] == []
+    for item in pushed:
+        text, values = cases[item["task"]]
+        got = {(r["value"]["text"], r["value"]["labels"][0]) for r in item["result"]}
+        assert all((v, LABEL_OF["CARD" if k == "CREDIT_CARD" else k]) in got for v, k in values)

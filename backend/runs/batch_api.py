@@ -181,6 +181,9 @@ class BatchRun(RunBase):
         except ValueError:
             self.stats.failed["bad_task"] += 1
             return None
+        if self.predictor.pipeline.documents.handles(self.plan, texts):  # chunks or PII masking: not one request
+            self._live(task, pusher)
+            return None
         prompt = self.predictor.prompt(self.plan, texts, self.project_id)
         options = self.predictor.call_options(self.plan)
         hit = self.predictor.llm.cached(prompt.messages, prompt.schema, options)
@@ -280,6 +283,19 @@ class BatchRun(RunBase):
             cache.put(key, answer.content, answer.tokens, answer.prompt_tokens, answer.completion_tokens)
         except SQLAlchemyError:
             log.warning("response cache unavailable: batch answer not cached")
+
+    def _live(self, task: Mapping[str, Any], pusher: BatchPusher) -> None:
+        """A task the Batch API cannot carry as one raw request (a long text sent in chunks, or PII masking
+        on): answered now by the live pipeline (backend.predict.chunked), at the live price."""
+        result = self.predictor.predict_task(self.plan, task, self.version, None, self.project_id)
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.completion_tokens += result.completion_tokens
+        self.stats.add_cost(self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens))
+        if not result.item:
+            self.stats.failed[result.reason] += 1
+            return
+        self.stats.predicted += 1
+        pusher.put([prediction_item(task["id"], result.item, self.version)])
 
     def _finish(self, task: Mapping[str, Any], prompt: TaskPrompt, answer: Any, pusher: BatchPusher) -> None:
         result: TaskResult = self.predictor.finish(self.plan, task, prompt, answer, self.version)
