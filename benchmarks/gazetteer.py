@@ -157,22 +157,66 @@ def cmd_llm(args: argparse.Namespace) -> None:
         server.stop()
 
 
+def task_candidates(gazetteer: Any, control: str, text: str) -> list[SpanCandidate]:
+    """What backend.learning.gazetteer_book gives a task: matches, then plain-word runs (no label)."""
+    out = [SpanCandidate(control, m.start, m.end, m.text, m.label, m.score) for m in gazetteer.match(text)]
+    return out + [SpanCandidate(control, s, e, text[s:e], "", 0.0) for s, e in gazetteer.plain_runs(text)]
+
+
+def ece(pairs: Sequence[tuple[float, bool]], bins: int = 10) -> float:
+    """Expected calibration error of (score, right) pairs over equal-width bins."""
+    if not pairs:
+        return float("nan")
+    total = 0.0
+    for b in range(bins):
+        inside = [(p, y) for p, y in pairs if min(int(p * bins), bins - 1) == b]
+        if inside:
+            total += abs(sum(p for p, _ in inside) - sum(y for _, y in inside))
+    return total / len(pairs)
+
+
 def cmd_combine(args: argparse.Namespace) -> None:
-    policy = CascadePolicy()
-    print("| file | tasks | LLM alone P/R/F1 | gazetteer alone P/R/F1 | cascade P/R/F1 |")
-    print("|---|---|---|---|---|")
+    """The gazetteer is rebuilt from the same reviewed examples as the run (its train count), so the
+    combination can be re-measured offline from one LLM run."""
+    policies = {
+        "union": CascadePolicy(trust=0.0, drop_plain=False),
+        f"cascade (trust {CascadePolicy().trust}, plain words dropped)": CascadePolicy(),
+        "cascade, LLM spans kept on plain words": CascadePolicy(drop_plain=False),
+        "cascade, trust 0.7": CascadePolicy(trust=0.7),
+    }
+    datasets = datasets_dir(args.datasets)
+    built: dict[tuple[str, int], Any] = {}
+    print("| file | tasks | s/task | source | P | R | F1 | score ECE |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in args.files:
         rows = [json.loads(line) for line in open(path, encoding="utf-8")]
-        llm, gaz, both = [], [], []
+        dataset = rows[0]["ref_id"].split("-")[0]
+        key = (dataset, rows[0]["train"])
+        if key not in built:
+            config, pool, _ = load(datasets, dataset, key[1])
+            control = build_task_spec(config).controls[0]
+            built[key] = (control, build_gazetteer(control, [(t["data"], t["annotations"][0]["result"]) for t in pool]))
+        control, gazetteer = built[key]
+        results: dict[str, list[tuple[set[Span], set[Span]]]] = {"LLM alone": [], "gazetteer alone": []}
+        scored: dict[str, list[tuple[float, bool]]] = {"LLM alone": [], "gazetteer alone": []}
         for row in rows:
             gold = {tuple(s) for s in row["gold"]}
-            candidates = [SpanCandidate(**c) for c in row["candidates"]]
-            llm.append((region_spans(row["llm"]), gold))
-            gaz.append(({(c.start, c.end, c.label) for c in candidates}, gold))
-            combined = combine_spans(row["text"], row["llm"], candidates, policy)
-            both.append((region_spans(combined), gold))
-        cells = [" / ".join(f"{v:.3f}" for v in prf(pairs)) for pairs in (llm, gaz, both)]
-        print(f"| {Path(path).name} | {len(rows)} | " + " | ".join(cells) + " |")
+            text = row["text"]
+            candidates = task_candidates(gazetteer, control.name, text)
+            outputs = {"LLM alone": row["llm"],
+                       "gazetteer alone": combine_spans(text, [], candidates, CascadePolicy(trust=0.0), control)}
+            outputs.update({name: combine_spans(text, row["llm"], candidates, policy, control)
+                            for name, policy in policies.items()})
+            for name, regions in outputs.items():
+                results.setdefault(name, []).append((region_spans(regions), gold))
+                scored.setdefault(name, []).extend(
+                    (float(r["score"]), (r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) in gold)
+                    for r in regions if "score" in r)
+        seconds = sum(r.get("seconds", 0.0) for r in rows) / len(rows)
+        for name, pairs in results.items():
+            p, r, f = prf(pairs)
+            print(f"| {Path(path).name} | {len(rows)} | {seconds:.1f} | {name} | {p:.3f} | {r:.3f} | {f:.3f} | "
+                  f"{ece(scored[name]):.3f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,7 +32,8 @@ class Example:
 @dataclass(frozen=True)
 class SpanCandidate:
     """A span of the task's text that a reviewed-example gazetteer proposes (backend.learning.gazetteer):
-    exact offsets into the control's text, its label (stored value) and the probability it is right."""
+    exact offsets into the control's text, its label (stored value) and the probability it is right.
+    A candidate without a label marks words reviewers never labelled; it is not shown in prompts."""
 
     control: str
     start: int
@@ -139,7 +140,8 @@ def _candidate_lines(spec: TaskSpec, candidates: Sequence[SpanCandidate]) -> lis
     ({"text", "label"} with the label the model answers with), in text order."""
     lines = []
     for control in spec.controls:
-        mine = sorted((c for c in candidates if c.control == control.name), key=lambda c: (c.start, c.end))
+        mine = sorted((c for c in candidates if c.control == control.name and c.label),
+                      key=lambda c: (c.start, c.end))
         if not mine:
             continue
         display = {label.value: label.display for label in control.labels}

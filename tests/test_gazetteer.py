@@ -97,6 +97,17 @@ def test_scores_are_cross_validated_probabilities() -> None:
     assert ys == sorted(ys) and xs == [0.1, 0.3]
 
 
+def test_plain_words_are_the_ones_reviewers_never_labelled() -> None:
+    gazetteer = build_gazetteer(CONTROL, many(
+        reviewed("The minister met Kohl on Tuesday .", ("Kohl", "PER")),
+        reviewed("The Kohl government fell on Tuesday .", ("Kohl", "PER")),
+    ))
+    assert {"The", "minister", "on", "Tuesday", "government", "fell", "."} <= gazetteer.plain
+    assert "Kohl" not in gazetteer.plain and "met" in gazetteer.plain  # "met": three times, never labelled
+    text = "On Tuesday the minister met Ann ."
+    assert [text[s:e] for s, e in gazetteer.plain_runs(text)] == ["Tuesday", "minister met", "."]
+
+
 def test_no_spans_no_entries() -> None:
     assert len(build_gazetteer(CONTROL, [reviewed("Nothing to see here .")])) == 0
     assert build_gazetteer(CONTROL, [], GazetteerPolicy()).match("Paris") == []
@@ -180,6 +191,9 @@ def test_hint_mode_learns_from_webhooks_and_forgets_on_update_and_delete(make_ap
     assert hint_block(provider) is None  # nothing reviewed yet: the prompt is the task text alone
 
     feed(client, app, reuters_events())
+    plain_only = "It was wrong again ."  # no known entity, only plain words: no block, same prompt
+    predict(client, plain_only)
+    assert provider.requests[-1]["messages"][-1]["content"] == plain_only
     predict(client, task)
     block = hint_block(provider)
     assert block is not None, provider.requests[-1]["messages"][-1]
@@ -242,9 +256,10 @@ def test_cascade_answers_with_valid_regions_at_exact_offsets(make_app, provider)
     client = app.test_client()
     feed(client, app, reuters_events(repeat=3))
     task = "Reuters quoted Ann Lee in Bonn ; Reuters again ."
-    # the model finds a person the gazetteer never saw, and mislabels Bonn
+    # the model finds a person the gazetteer never saw, mislabels Bonn, and labels "again", a word the
+    # reviewers left unlabelled every time
     provider.responder = lambda body: json_answer({"label": [
-        {"text": "Ann Lee", "label": "PER"}, {"text": "Bonn", "label": "ORG"}]})
+        {"text": "Ann Lee", "label": "PER"}, {"text": "Bonn", "label": "ORG"}, {"text": "again", "label": "MISC"}]})
     result = predict(client, task)
     assert hint_block(provider) is not None  # the cascade's LLM call is a hint-mode call
     assert_valid(NER, {"text": task}, result)

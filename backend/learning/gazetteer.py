@@ -12,6 +12,9 @@ right span (label included) by isotonic regression on cross-validated pairs: eve
 without a fold of the examples makes in that fold's texts, and whether the reviewer labelled exactly
 that span with that label. Entries whose probability is below `min_precision` are not kept.
 
+It also keeps the plain words: words reviewers left outside every span, at least `min_plain` times;
+a span made only of them is, by the reviews, not an entity ("the government", "Tuesday").
+
 Matching is on word tokens (Unicode letters, digits and combining marks; any other non-space character
 is a token of its own), so "Paris" never matches inside "Parisian"; all candidate matches are found,
 then accepted longest first (ties: leftmost) without overlaps, so "Bank of America" wins over "America".
@@ -49,6 +52,7 @@ class GazetteerPolicy:
     min_precision: float = 0.5
     max_tokens: int = 12  # longer reviewed spans are not matched (rare; long matches are costly)
     folds: int = 5  # cross-validation folds for the calibration of scores
+    min_plain: int = 2  # a word left unlabelled this often (and never labelled) is a plain word
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,23 @@ class Gazetteer:
     entries: Mapping[str, Entry] = field(default_factory=dict)
     known: Mapping[str, Entry] = field(default_factory=dict)
     prefixes: frozenset[str] = frozenset()
+    plain: frozenset[str] = frozenset()  # words reviewers left unlabelled every time (at least twice)
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def plain_runs(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every maximal run of plain words in `text`: a span inside one is, by the
+        reviews, not an entity (a span the LLM puts there is dropped by the cascade)."""
+        runs: list[tuple[int, int]] = []
+        for start, end in token_spans(text):
+            if text[start:end] not in self.plain:
+                continue
+            if runs and not text[runs[-1][1]:start].strip() and runs[-1][1] <= start:
+                runs[-1] = (runs[-1][0], end)
+            else:
+                runs.append((start, end))
+        return runs
 
     def match(self, text: str) -> list[Match]:
         """Non-overlapping whole-token matches in `text`, longest first then leftmost; in text order."""
@@ -198,6 +216,8 @@ def build_gazetteer(
     texts: list[str] = []
     labelled: list[dict[tuple[int, int], str]] = []
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    plain_words: Counter[str] = Counter()
+    entity_words: Counter[str] = Counter()
     for data, result in examples:
         read = reviewed_spans(control, data, result)
         if read is None:
@@ -212,10 +232,14 @@ def build_gazetteer(
                 continue
             own[(start, end)] = label
             counts[surface][label] += 1
+        for start, end in token_spans(text):
+            inside = any(s <= start and end <= e for s, e, _ in spans)
+            (entity_words if inside else plain_words)[text[start:end]] += 1
         texts.append(text)
         labelled.append(own)
+    plain = frozenset(w for w, n in plain_words.items() if n >= policy.min_plain and w not in entity_words)
     if not counts:
-        return Gazetteer(control.name)
+        return Gazetteer(control.name, plain=plain)
     prefixes = _prefixes(counts, policy.max_tokens)
     occurrences: Counter[str] = Counter()
     # per occurrence: (example index, surface, the label the reviewer gave it there or None)
@@ -236,7 +260,7 @@ def build_gazetteer(
         score = _calibrate(xs, ys, _raw(top, occurrences[surface]))
         known[surface] = Entry(surface, label, sum(by_label.values()), top, occurrences[surface], round(score, 4))
     entries = {s: e for s, e in known.items() if e.score >= policy.min_precision and e.score > 0}
-    return Gazetteer(control.name, entries, known, _prefixes(entries, policy.max_tokens))
+    return Gazetteer(control.name, entries, known, _prefixes(entries, policy.max_tokens), plain)
 
 
 def _held_out_pairs(

@@ -113,7 +113,8 @@ class GazetteerBook:
         examples: Collection[StoredExample],
         texts: Mapping[str, str],
     ) -> tuple[SpanCandidate, ...]:
-        """Every span control's gazetteer matches in this task's texts (object name -> text)."""
+        """Every span control's gazetteer matches in this task's texts (object name -> text), and its
+        runs of plain words as candidates without a label."""
         out: list[SpanCandidate] = []
         for control in span_controls(spec):
             text = texts.get(control.to_name)
@@ -124,4 +125,6 @@ class GazetteerBook:
                 continue
             out += [SpanCandidate(control.name, m.start, m.end, m.text, m.label, m.score)
                     for m in gazetteer.match(text)]
+            # runs of plain words: label "" (never shown in the prompt; the cascade drops LLM spans inside)
+            out += [SpanCandidate(control.name, s, e, text[s:e], "", 0.0) for s, e in gazetteer.plain_runs(text)]
         return tuple(out)

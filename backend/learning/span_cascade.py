@@ -4,7 +4,8 @@ Measured on CoNLL-2003 with the embedded model (benchmarks/gazetteer.py): the ga
 where it knows a surface and silent elsewhere; the small LLM finds entities the gazetteer has never
 seen but misplaces labels and boundaries. So the combination is the union, where a reliable gazetteer
 span (its calibrated probability at least `trust`) replaces every LLM span it overlaps, and an LLM span
-is kept where the gazetteer says nothing.
+is kept where the gazetteer says nothing, unless it is made only of plain words (words reviewers left
+unlabelled every time they met them).
 
 Every region keeps exact offsets: gazetteer spans are substrings of the task's text by construction,
 LLM regions come aligned from the pipeline, and the pipeline validates everything afterwards anyway.
@@ -27,6 +28,7 @@ from prompts import SpanCandidate
 @dataclass(frozen=True)
 class CascadePolicy:
     trust: float = 0.5  # a gazetteer span at least this probable replaces the LLM spans it overlaps
+    drop_plain: bool = True  # drop LLM spans made only of words reviewers never labelled
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -57,13 +59,17 @@ def combine_spans(
 
     `regions` are the LLM's regions of this control; a candidate whose text is not at its offsets (a
     stale candidate for another text) is ignored."""
-    trusted = [c for c in candidates if c.score >= policy.trust and text[c.start:c.end] == c.text]
+    current = [c for c in candidates if text[c.start:c.end] == c.text]
+    trusted = [c for c in current if c.label and c.score >= policy.trust]
+    plain = [(c.start, c.end) for c in current if not c.label]
     out: list[dict[str, Any]] = []
     for region in regions:
         value = region.get("value") or {}
         span = (int(value.get("start", 0)), int(value.get("end", 0)))
         if any(_overlaps(span, (c.start, c.end)) for c in trusted):
             continue
+        if policy.drop_plain and any(s <= span[0] and span[1] <= e for s, e in plain):
+            continue  # only words reviewers never labelled
         out.append(dict(region))
     if control is None:
         control = ControlSpec(
