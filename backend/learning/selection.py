@@ -273,13 +273,14 @@ def choose_for_task(
     k: int,
     token_budget: int,
     shortlist: ShortlistPolicy = ShortlistPolicy(),
+    lead: Callable[[ControlSpec], Sequence[str]] | None = None,
 ) -> tuple[TaskSpec, list[Entry]]:
     """(the spec for this task, its examples least to most relevant).
 
-    Large label sets are narrowed first: the kNN vote of the nearest examples (similarity-weighted),
-    then the labels' similarity to the task text (`converters.shortlist`). Examples answering with a
-    label outside the shortlist are not used, so the prompt never shows an answer that its label list
-    and schema forbid."""
+    Large label sets are narrowed first: the labels `lead` names (the student's top labels, best
+    first), then the kNN vote of the nearest examples (similarity-weighted), then the labels'
+    similarity to the task text (`converters.shortlist`). Examples answering with a label outside the
+    shortlist are not used, so the prompt never shows an answer that its label list and schema forbid."""
     hits = list(candidates.hits)
     narrowed = spec
     if any(needs_shortlist(c, shortlist.threshold) for c in spec.controls):
@@ -289,11 +290,22 @@ def choose_for_task(
             spec,
             shortlist.threshold,
             shortlist.size,
-            votes=lambda control: knn_votes(control, neighbours),
+            votes=lambda control: _led(knn_votes(control, neighbours), lead(control) if lead else ()),
             similarity=candidates.label_similarity,
         )
         hits = [(s, a) for s, a in hits if result_fits(narrowed, entries[a].example.result)]
     return narrowed, choose(entries, hits, narrowed, k, token_budget, candidates.overlap)
+
+
+def _led(votes: Scores, leaders: Sequence[str]) -> Scores:
+    """The votes with `leaders` above every vote, in their order (a hint outranks the neighbours)."""
+    if not leaders:
+        return votes
+    top = max(votes.values(), default=0.0) + 1.0
+    out = dict(votes)
+    for i, label in enumerate(leaders):
+        out[label] = top + len(leaders) - i
+    return out
 
 
 def select_examples(
@@ -325,6 +337,10 @@ def entry_to_example(entry: Entry, spec: TaskSpec) -> Example | None:
     if not answer:
         return None
     return Example(texts=texts, answer=answer)
+
+
+# (project id, spec, task text) -> control -> the labels that lead its shortlist, best first
+LeadSource = Callable[[str | None, TaskSpec, str], Callable[[ControlSpec], Sequence[str]]]
 
 
 class CandidateSource(Protocol):
@@ -369,8 +385,10 @@ class Selector:
         clock: Callable[[], float] = time.monotonic,
         refresh_wait: float = 2.0,
         gazetteers: GazetteerBook | None = None,
+        lead: LeadSource | None = None,
     ) -> None:
         self.store = store
+        self.lead = lead  # the student's top labels lead a label shortlist (None: no student)
         self.k = k
         self.token_budget = token_budget
         self.refresh_seconds = refresh_seconds
@@ -428,14 +446,18 @@ class Selector:
     ) -> tuple[TaskSpec, list[Entry]]:
         """Embeddings similarity when configured and reachable, else the lexical default (the vector
         source logs one warning line per outage)."""
+        lead = None
+        if self.lead is not None and any(needs_shortlist(c, self.shortlist.threshold) for c in spec.controls):
+            lead = self.lead(project_id, spec, text)
         if self.vectors is not None:
             try:
                 candidates = self.vectors.candidates(project_id, index, text, self.k)
-                return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist)
+                return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist,
+                                       lead)
             except self.vectors.unavailable:
                 log.debug("project %s: lexical selection for this task (embeddings unavailable)", project_id)
         candidates = lexical_candidates(index, text, self.k, self._lexicon)
-        return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist)
+        return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist, lead)
 
     def context(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str]) -> TaskContext:
         """The (possibly shortlisted) spec and the few-shot examples for one task."""

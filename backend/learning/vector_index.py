@@ -1,4 +1,6 @@
-"""Embeddings similarity for few-shot selection and label shortlists (when EMBEDDINGS_MODEL is set).
+"""Embeddings similarity for few-shot selection and label shortlists: a provider's model (EMBEDDINGS_MODEL)
+or, by default, the bundled WordLlama vectors (`backend.llm.local_embeddings`; SELECTION_SIMILARITY=lexical
+turns embeddings off).
 
 `VectorSource.candidates` embeds the task text once and answers the same questions the lexical index
 does: the nearest examples (cosine), how similar two examples are (for MMR), and how close the task is
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.learning.selection import Candidates, Entry, Hit, LexicalIndex, example_text, pool_size
-from backend.llm.embeddings import Embedder, EmbeddingsUnavailable
+from backend.llm.embeddings import Embedder, EmbeddingsConfig, EmbeddingsUnavailable
 from backend.store.embedding_store import EmbeddingStore, text_hash
 from converters.shortlist import label_text
 from converters.task_spec import ControlSpec
@@ -183,3 +186,41 @@ class VectorSource:
             snapshot = VectorSnapshot.of(vectors, hashes, index.seq if done else old.seq)
             project.snapshot = snapshot
         return snapshot
+
+
+class TextEmbedder(Protocol):
+    model: str
+    batch_size: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class GuardedEmbedder:
+    """An embedder whose every failure is EmbeddingsUnavailable, so that the selector falls back to lexical
+    for the task (the bundled model missing or broken must never fail a prediction). Logs one line."""
+
+    def __init__(self, inner: TextEmbedder) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.batch_size = inner.batch_size
+        self._warned = False
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            return self.inner.embed(texts)
+        except Exception as exc:  # noqa: BLE001 - any failure of the embedded model
+            if not self._warned:
+                self._warned = True
+                log.warning("embedded embeddings unavailable (%s: %s); selection is lexical", type(exc).__name__, exc)
+            raise EmbeddingsUnavailable(type(exc).__name__) from exc
+
+
+def vector_source(similarity: str, provider: EmbeddingsConfig | None, local: TextEmbedder,
+                  store: EmbeddingStore | None) -> VectorSource | None:
+    """The selector's embeddings source: the provider's model when EMBEDDINGS_MODEL is set, else the bundled
+    WordLlama vectors; None (lexical) when SELECTION_SIMILARITY=lexical."""
+    if similarity == "lexical":
+        return None
+    if provider is not None:
+        return VectorSource(Embedder(provider), store)
+    return VectorSource(GuardedEmbedder(local), store)  # type: ignore[arg-type]

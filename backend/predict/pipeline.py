@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -40,6 +41,18 @@ ContextSource = Callable[[str | None, TaskSpec, Mapping[str, str]], TaskContext]
 SpanHook = Callable[[TaskSpec, Mapping[str, Any], list[dict[str, Any]], Sequence[SpanCandidate]], list[dict[str, Any]]]
 
 
+class StudentHook(Protocol):
+    """The <Choices> students beside the LLM (backend.learning.students.Students)."""
+
+    def answer(self, plan: ProjectPlan, project_id: str | None, task: Mapping[str, Any], texts: Mapping[str, str],
+               model_version: str) -> dict[str, Any] | None:
+        """A ready prediction when the task needs no LLM call (cascade), else None."""
+
+    def rescore(self, plan: ProjectPlan, project_id: str | None, texts: Mapping[str, str],
+                item: dict[str, Any]) -> dict[str, Any]:
+        """The LLM's prediction with calibrated scores."""
+
+
 @dataclass(frozen=True)
 class TaskPrompt:
     """One task's request: the spec it was asked with, the JSON schema and the messages."""
@@ -59,6 +72,7 @@ class TaskResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     messages: list[dict[str, str]] = field(default_factory=list)
+    student: bool = False  # answered by the student (cascade): no LLM call was made
 
 
 def task_texts(spec: TaskSpec, task: Mapping[str, Any]) -> dict[str, str]:
@@ -107,8 +121,10 @@ class TaskPipeline:
         renderer: PromptRenderer,
         context: ContextSource,
         spans: SpanHook | None = None,
+        student: StudentHook | None = None,
     ) -> None:
         self.spans = spans  # set by the composition root in STUDENT_MODE=cascade
+        self.student = student  # <Choices> students (backend.learning.students); None: STUDENT_MODE=off
         self.settings = settings
         self.llm = llm
         self.metrics = metrics
@@ -157,12 +173,20 @@ class TaskPipeline:
             return TaskResult([], error=str(exc), reason="bad_task")
         if self.documents.handles(plan, texts):  # a long text, or masking on: backend.predict.chunked
             return self.documents.predict(self, plan, task, texts, model_version, deadline, project_id, urgent)
+        if self.student is not None:  # cascade: a confident student answers without an LLM call
+            ready = self.student.answer(plan, project_id, task, texts, model_version)
+            if ready is not None:
+                self.metrics.tasks.labels("ok").inc()
+                return TaskResult(ready, student=True)
         prompt = self.prompt(plan, texts, project_id)
         answer = self._complete(plan, prompt.messages, prompt.schema, deadline, f"task {task_id}", urgent)
         if isinstance(answer, TaskResult):  # the call failed for good
             self.metrics.tasks.labels(answer.reason).inc()
             return answer
-        return self.finish(plan, task, prompt, answer, model_version)
+        result = self.finish(plan, task, prompt, answer, model_version)
+        if self.student is not None and result.item:  # the score: calibrated on the reviewed examples
+            result.item = self.student.rescore(plan, project_id, texts, result.item)
+        return result
 
     def finish(
         self, plan: ProjectPlan, task: Mapping[str, Any], prompt: TaskPrompt, answer: LLMAnswer, model_version: str

@@ -1,0 +1,421 @@
+"""The students at work: which one a task uses, when they are retrained, and what they do to a task.
+
+`Students` is the pipeline's student hook (`backend.predict.pipeline.StudentHook`) and the selector's
+shortlist hint. Per single-choice `<Choices>` control of a project it keeps the newest ready student
+from the store (looked up at most every `refresh_seconds`), and when the project's example-set version
+has moved past it, asks the `Trainer` for a new one. Training runs on the trainer's own thread, one
+at a time, `debounce` seconds after the first request (requests meanwhile only raise the version to
+train), and only in the process whose claim row lands (`StudentStore.claim`): /predict never waits
+for it and reads the previous student meanwhile.
+
+STUDENT_MODE:
+- `cascade`: when every control of the config is a single-choice `<Choices>` whose student has at
+  least `min_examples` reviewed examples and whose top probability reaches its cross-validated
+  threshold, the task is answered by the students with no LLM call; otherwise as `hint`;
+- `hint`: the student's top labels lead the label shortlist, the LLM decides;
+- `off`: no student (the pipeline and the selector get None).
+
+Scores (what "calibrated" means here). A student's answer scores its top-probability calibration
+curve (isotonic, fitted on out-of-fold probabilities of the reviewed examples). An LLM answer scores
+the student's calibrated probability of the LLM's label: the `top` curve when they agree, the `any`
+curve (fitted on the out-of-fold probabilities of each example's top 3 labels) when they disagree.
+That uses only what the reviewed examples give for free (no LLM calls on them); it ignores what the
+LLM's agreement adds, so agreeing answers are if anything under-scored. With several scored controls
+the item's score is the product (all right, taken as independent). Never a raw logprob.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.learning.student import StudentModel, train_student
+from backend.store.example_store import ExampleStore
+from backend.store.student_store import StudentStore
+from converters.controls.base import region_id
+from converters.shortlist import result_labels_of
+from converters.spec import ControlSpec, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class TextEmbedder(Protocol):
+    model: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class VersionSource(Protocol):
+    def examples_version(self, project_id: str) -> int: ...
+
+
+class StudentMetrics(Protocol):
+    """The three counters /metrics shows (backend.metrics.Metrics has them)."""
+
+    student_answers: Any
+    llm_answers: Any
+    llm_calls_saved: Any
+
+
+@dataclass(frozen=True)
+class StudentPolicy:
+    mode: str = "cascade"  # cascade | hint | off
+    min_examples: int = 50
+    precision: float = 0.95
+    c: float = 10.0
+    debounce: float = 5.0
+    hint_labels: int = 5
+    refresh_seconds: float = 2.0
+
+
+def student_controls(spec: TaskSpec) -> list[ControlSpec]:
+    """The controls a student can learn: single-choice classification of the whole text."""
+    return [c for c in spec.controls if c.kind == "choices" and not c.multiple]
+
+
+def task_text(spec: TaskSpec, data: Mapping[str, Any]) -> str | None:
+    """The text a student reads: the config's text objects joined, as the selector does; None when one
+    is missing."""
+    parts = []
+    for _, key in spec.objects:
+        value = data.get(key)
+        if not isinstance(value, str):
+            return None
+        parts.append(value)
+    return " ".join(parts)
+
+
+def training_set(spec: TaskSpec, control: ControlSpec, rows: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """(texts, labels) of the live reviewed examples that give `control` exactly one of its labels."""
+    allowed = {label.value for label in control.labels}
+    texts, labels = [], []
+    for row in rows:
+        chosen = result_labels_of(control, row.result)
+        text = task_text(spec, row.data)
+        if text is None or not chosen or chosen[0] not in allowed:
+            continue
+        texts.append(text)
+        labels.append(chosen[0])
+    return texts, labels
+
+
+@dataclass
+class _Wanted:
+    spec: TaskSpec
+    version: int
+    due: float
+
+
+@dataclass
+class _Known:
+    """One (project, control)'s student as this process last saw it."""
+
+    model: StudentModel | None = None
+    checked: float | None = None
+    asked: int = -1  # the newest version this process asked the trainer for
+
+
+class Trainer:
+    """Trains students on a thread of its own, debounced; at most one training at a time per process."""
+
+    def __init__(self, examples: ExampleStore, store: StudentStore, embedder: TextEmbedder, policy: StudentPolicy,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.examples = examples
+        self.store = store
+        self.embedder = embedder
+        self.policy = policy
+        self.clock = clock
+        self._wanted: dict[str, _Wanted] = {}  # project -> what to train next
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.trained = 0  # trainings this process ran (tests, benchmarks)
+        self.busy = False
+
+    def want(self, project_id: str, spec: TaskSpec, version: int) -> None:
+        """Ask for the project's students at `version`: trained `debounce` s after the first request of a
+        burst (later requests raise the version, not the delay). Never blocks."""
+        with self._cond:
+            current = self._wanted.get(project_id)
+            if current is None:
+                self._wanted[project_id] = _Wanted(spec, version, self.clock() + self.policy.debounce)
+            elif version > current.version:
+                current.version, current.spec = version, spec
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lsllm-student-trainer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._wanted) + int(self.busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is wanted or training (tests and benchmarks; never the request path)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.pending():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    due = min((w.due for w in self._wanted.values()), default=None)
+                    if due is not None and due <= self.clock():
+                        break
+                    self._cond.wait(timeout=0.05 if due is None else min(0.05, max(0.0, due - self.clock())))
+                if self._stopping:
+                    return
+                project_id, wanted = min(self._wanted.items(), key=lambda item: item[1].due)
+                del self._wanted[project_id]
+                self.busy = True
+            try:
+                self.train(project_id, wanted.spec, wanted.version)
+            except Exception:  # noqa: BLE001 - a failed training must not stop the thread
+                log.exception("project %s: student training failed", project_id)
+            finally:
+                with self._cond:
+                    self.busy = False
+
+    def train(self, project_id: str, spec: TaskSpec, version: int) -> dict[str, StudentModel | None]:
+        """Train every student control of `spec` this process can claim at `version`, store each
+        (ready, empty or failed) and return what was trained. Runs on the caller's thread."""
+        claimed = [c for c in student_controls(spec) if self.store.claim(project_id, c.name, version)]
+        if not claimed:
+            return {}
+        out: dict[str, StudentModel | None] = {}
+        try:
+            with self.examples.engine.connect() as conn:
+                rows = self.examples.all_rows(conn, project_id, ["live"])
+            for control in claimed:
+                began = time.perf_counter()
+                texts, labels = training_set(spec, control, rows)
+                model = None
+                if len(texts) >= 2:
+                    vectors = self._vectors(texts)
+                    model = train_student(vectors, labels, self.policy.c, self.policy.precision)
+                if model is not None:
+                    model = StudentModel(**{**model.__dict__, "version": version, "embedder": self.embedder.model})
+                self.store.finish(project_id, control.name, version, model)
+                self.trained += 1
+                out[control.name] = model
+                log.info("project %s: student %r v%d: %s in %.1f s", project_id, control.name, version,
+                         f"{model.n_examples} examples, cv accuracy {model.stats.get('cv_accuracy')}, "
+                         f"cascade above {model.threshold:.3f}" if model else f"too few examples ({len(texts)})",
+                         time.perf_counter() - began)
+        except Exception:
+            for control in claimed:
+                if control.name not in out:
+                    try:
+                        self.store.finish(project_id, control.name, version, None, status="failed")
+                    except SQLAlchemyError:
+                        pass
+            raise
+        return out
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        """The texts' vectors: each text embedded once (a repeated text is one row of work)."""
+        unique = list(dict.fromkeys(texts))
+        matrix = self.embedder.embed(unique)
+        row = {t: i for i, t in enumerate(unique)}
+        return matrix[[row[t] for t in texts]]
+
+
+@dataclass
+class _Scored:
+    control: ControlSpec
+    model: StudentModel
+    ranked: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Students:
+    """The pipeline's student hook and the selector's hint, over the students in the store."""
+
+    def __init__(self, store: StudentStore, versions: VersionSource, trainer: Trainer, embedder: TextEmbedder,
+                 policy: StudentPolicy, metrics: StudentMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.versions = versions
+        self.trainer = trainer
+        self.embedder = embedder
+        self.policy = policy
+        self.metrics = metrics
+        self.clock = clock
+        self._known: dict[tuple[str, str], _Known] = {}
+        self._lock = threading.Lock()  # guards _known; never held across the store
+        self._warned = False
+
+    def close(self) -> None:
+        self.trainer.close()
+
+    # --- which student -------------------------------------------------------------------------
+    def student(self, project_id: str, spec: TaskSpec, control: ControlSpec) -> StudentModel | None:
+        """The control's newest ready student (looked up at most every refresh_seconds); asks for a
+        new one when the example-set version has moved past it. Never trains on this thread."""
+        key = (project_id, control.name)
+        with self._lock:
+            known = self._known.setdefault(key, _Known())
+            if known.checked is not None and self.clock() - known.checked < self.policy.refresh_seconds:
+                return known.model
+            known.checked = self.clock()
+        version = self.versions.examples_version(project_id)
+        newest = self.store.newest_version(project_id, control.name, version)
+        model = known.model
+        if newest is not None and (model is None or model.version != newest):
+            model = self.store.load(project_id, control.name, newest)
+        if (newest is None or newest < version) and known.asked < version:
+            state = self.store.state(project_id, control.name, version)
+            if state is None or (state.status == "training" and time.time() - state.claimed_at
+                                 > self.store.stale_seconds):
+                self.trainer.want(project_id, spec, version)
+            known.asked = version
+        with self._lock:
+            known.model = model
+        return model
+
+    def _scored(self, project_id: str | None, spec: TaskSpec, text: str) -> list[_Scored]:
+        if project_id is None or self.policy.mode == "off":
+            return []
+        found = [(c, self.student(project_id, spec, c)) for c in student_controls(spec)]
+        ready = [(c, m) for c, m in found if m is not None]
+        if not ready:
+            return []
+        vector = self.embedder.embed([text])[0]
+        out = []
+        for control, model in ready:
+            if model.dims != vector.shape[0]:
+                continue
+            allowed = {label.value for label in control.labels}
+            ranked = [(label, p) for label, p in model.ranked(vector) if label in allowed]
+            if ranked:
+                out.append(_Scored(control, model, ranked))
+        return out
+
+    def _guard(self, what: str, fn: Callable[[], Any], default: Any) -> Any:
+        """Run a student step; any failure (store, embedder, a damaged row) leaves the task to the LLM."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - /predict never fails because of the student
+            if not self._warned:
+                self._warned = True
+                log.warning("student %s failed (%s: %s); the LLM answers alone until it works again",
+                            what, type(exc).__name__, exc)
+            return default
+
+    # --- the pipeline's hook ---------------------------------------------------------------------
+    def answer(self, plan: Any, project_id: str | None, task: Mapping[str, Any], texts: Mapping[str, str],
+               model_version: str) -> dict[str, Any] | None:
+        """A ready Label Studio prediction when the cascade may answer without the LLM, else None."""
+        if self.policy.mode != "cascade":
+            return None
+        return self._guard("answer", lambda: self._answer(plan.spec, project_id, texts, model_version), None)
+
+    def _answer(self, spec: TaskSpec, project_id: str | None, texts: Mapping[str, str],
+                model_version: str) -> dict[str, Any] | None:
+        controls = student_controls(spec)
+        if not controls or len(controls) != len(spec.controls):
+            return None
+        scored = self._scored(project_id, spec, " ".join(texts.values()))
+        if len(scored) != len(controls):
+            return None
+        result, score = [], 1.0
+        for s in scored:
+            label, p = s.ranked[0]
+            if s.model.n_examples < self.policy.min_examples or p < s.model.threshold:
+                return None
+            calibrated = float(s.model.top(p))
+            score *= calibrated
+            result.append({
+                "id": region_id(s.control.name, label),
+                "from_name": s.control.name,
+                "to_name": s.control.to_name,
+                "type": "choices",
+                "value": {"choices": [label]},
+                "score": calibrated,
+            })
+        if self.metrics is not None:
+            self.metrics.student_answers.inc()
+            self.metrics.llm_calls_saved.inc()
+        return {"result": result, "score": score, "model_version": model_version}
+
+    def rescore(self, plan: Any, project_id: str | None, texts: Mapping[str, str],
+                item: dict[str, Any]) -> dict[str, Any]:
+        """The LLM's prediction with each student control's region scored by the student's calibrated
+        probability of the LLM's label (and the item's score their product when all controls are so
+        scored); unchanged without students."""
+        if self.policy.mode == "off" or not item or not item.get("result"):
+            return item
+        return self._guard("rescore", lambda: self._rescore(plan.spec, project_id, texts, item), item)
+
+    def _rescore(self, spec: TaskSpec, project_id: str | None, texts: Mapping[str, str],
+                 item: dict[str, Any]) -> dict[str, Any]:
+        scored = {s.control.name: s for s in self._scored(project_id, spec, " ".join(texts.values()))}
+        if not scored:
+            return item
+        if self.metrics is not None:
+            self.metrics.llm_answers.inc()
+        regions, product, covered = [], 1.0, 0
+        for region in item["result"]:
+            s = scored.get(region.get("from_name"))
+            chosen = (region.get("value") or {}).get("choices") or []
+            if s is None or len(chosen) != 1:
+                regions.append(region)
+                continue
+            probs = dict(s.ranked)
+            p = probs.get(chosen[0], 0.0)
+            curve = s.model.top if chosen[0] == s.ranked[0][0] else s.model.any
+            calibrated = float(curve(p))
+            regions.append({**region, "score": calibrated})
+            product *= calibrated
+            covered += 1
+        out = {**item, "result": regions}
+        if covered and covered == len(spec.controls):
+            out["score"] = product
+        elif "score" in out and covered:
+            out["score"] = min(float(out["score"]), product)
+        return out
+
+    # --- the selector's hint -----------------------------------------------------------------------
+    def lead(self, project_id: str | None, spec: TaskSpec, text: str) -> Callable[[ControlSpec], list[str]]:
+        """control -> the student's top labels for this task (hint and cascade), to lead its shortlist."""
+        if self.policy.mode == "off" or self.policy.hint_labels <= 0:
+            return lambda control: []
+        scored = self._guard("hint", lambda: self._scored(project_id, spec, text), [])
+        tops = {s.control.name: [label for label, _ in s.ranked[: self.policy.hint_labels]] for s in scored}
+        return lambda control: tops.get(control.name, [])
+
+
+
+def build_students(settings: Any, examples: ExampleStore, versions: VersionSource, embedder: TextEmbedder,
+                   metrics: StudentMetrics | None = None) -> Students | None:
+    """The students for a service from its settings (None with STUDENT_MODE=off)."""
+    if settings.student_mode == "off":
+        return None
+    policy = StudentPolicy(
+        mode=settings.student_mode,
+        min_examples=settings.student_min_examples,
+        precision=settings.student_precision,
+        c=settings.student_c,
+        debounce=settings.student_debounce_seconds,
+        hint_labels=settings.student_hint_labels,
+    )
+    store = StudentStore(examples.engine)
+    trainer = Trainer(examples, store, embedder, policy)
+    return Students(store, versions, trainer, embedder, policy, metrics)

@@ -1,0 +1,134 @@
+"""Trained students in the store, keyed by project, control and example-set version, so that every
+gunicorn worker and every replica uses the same one and only one process trains each version.
+
+A training starts with a claim: inserting the (project, control, version) row in status `training`.
+The process whose insert lands trains; the others see the row and wait for `ready`. A claim older than
+`stale_seconds` (a killed trainer) can be taken over by one process (a conditional update). Weights are
+float32 little-endian bytes and everything else JSON: no pickle, readable by any process or machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import and_, select
+from sqlalchemy.engine import Engine
+
+from backend.learning.calibration import Curve
+from backend.learning.student import StudentModel
+from backend.store.db import insert_ignore, students, write
+
+
+@dataclass(frozen=True)
+class StudentState:
+    """What the store says about one version of a control's student."""
+
+    version: int
+    status: str  # training, ready, empty, failed
+    claimed_at: float
+
+
+class StudentStore:
+    def __init__(self, engine: Engine, stale_seconds: float = 600.0) -> None:
+        self.engine = engine
+        self.stale_seconds = stale_seconds
+        self.owner = uuid.uuid4().hex  # this process's claims
+
+    def claim(self, project_id: str, control: str, version: int) -> bool:
+        """True when this process is the one to train this version (a new claim, or a stale one taken over)."""
+        now = time.time()
+        t = students.c
+        key = and_(t.project_id == project_id, t.control == control, t.version == version)
+        with write(self.engine) as conn:
+            if insert_ignore(conn, students, {"project_id": project_id, "control": control, "version": version,
+                                              "status": "training", "owner": self.owner, "claimed_at": now}):
+                return True
+            taken = conn.execute(
+                students.update()
+                .where(key)
+                .where(t.status == "training")
+                .where(t.claimed_at < now - self.stale_seconds)
+                .values(owner=self.owner, claimed_at=now)
+            ).rowcount
+            return bool(taken)
+
+    def finish(self, project_id: str, control: str, version: int, model: StudentModel | None,
+               status: str | None = None) -> None:
+        """Record the outcome of this process's claim: the model (ready), or none (`empty`/`failed`)."""
+        t = students.c
+        key = and_(t.project_id == project_id, t.control == control, t.version == version, t.owner == self.owner)
+        values: dict[str, object] = {"status": status or ("ready" if model is not None else "empty"),
+                                     "created_at": time.time()}
+        if model is not None:
+            values.update(
+                embedder=model.embedder,
+                classes=json.dumps(list(model.classes), ensure_ascii=False),
+                coef=np.asarray(model.coef, dtype="<f4").tobytes(),
+                intercept=np.asarray(model.intercept, dtype="<f4").tobytes(),
+                dims=model.dims,
+                calibration=json.dumps({"top": model.top.as_json(), "any": model.any.as_json(),
+                                        "threshold": model.threshold}),
+                n_examples=model.n_examples,
+                stats=json.dumps(model.stats),
+            )
+        with write(self.engine) as conn:
+            conn.execute(students.update().where(key).values(**values))
+
+    def state(self, project_id: str, control: str, version: int) -> StudentState | None:
+        t = students.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.version, t.status, t.claimed_at).where(
+                    and_(t.project_id == project_id, t.control == control, t.version == version)
+                )
+            ).first()
+        return StudentState(int(row.version), str(row.status), float(row.claimed_at)) if row else None
+
+    def newest_version(self, project_id: str, control: str, at_most: int) -> int | None:
+        """The newest version at most `at_most` whose student is ready (None: none yet)."""
+        t = students.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.version)
+                .where(and_(t.project_id == project_id, t.control == control, t.status == "ready",
+                            t.version <= at_most))
+                .order_by(t.version.desc())
+                .limit(1)
+            ).first()
+        return int(row.version) if row else None
+
+    def load(self, project_id: str, control: str, version: int) -> StudentModel | None:
+        """The ready student of that version; None when there is none. Raises ValueError for a row
+        whose arrays do not fit together (a damaged row: better no student than a wrong one)."""
+        t = students.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(students).where(
+                    and_(t.project_id == project_id, t.control == control, t.version == version, t.status == "ready")
+                )
+            ).mappings().first()
+        if row is None:
+            return None
+        classes = tuple(str(c) for c in json.loads(row["classes"]))
+        dims = int(row["dims"])
+        coef = np.frombuffer(row["coef"], dtype="<f4").astype(np.float32)
+        intercept = np.frombuffer(row["intercept"], dtype="<f4").astype(np.float32)
+        if coef.size != dims * len(classes) or intercept.size != len(classes):
+            raise ValueError(f"student {project_id}/{control}/v{version}: arrays do not match its classes")
+        calibration = json.loads(row["calibration"])
+        return StudentModel(
+            classes=classes,
+            coef=coef.reshape(dims, len(classes)),
+            intercept=intercept,
+            top=Curve.from_json(calibration["top"]),
+            any=Curve.from_json(calibration["any"]),
+            threshold=float(calibration["threshold"]),
+            n_examples=int(row["n_examples"]),
+            version=int(row["version"]),
+            embedder=str(row["embedder"] or ""),
+            stats=json.loads(row["stats"] or "{}"),
+        )

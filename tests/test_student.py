@@ -1,0 +1,285 @@
+"""The <Choices> student (issue 12): trained from webhook-fed reviews on a real SQLite file, stored
+without pickle, loaded by another model object (another worker), answering confident tasks without an
+LLM call (cascade), leading the shortlist (hint), changing nothing when off; training is debounced and
+never holds up /predict; every score is a probability in [0, 1]."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import json_answer, make_settings
+from sqlalchemy import select
+from test_learning import FakeClock
+from webhook_payloads import annotation_event, choice
+
+from backend.learning import students as students_module
+from backend.learning.calibration import Curve, expected_calibration_error, fit_curve, precision_threshold
+from backend.learning.student import train_student
+from backend.service.app import build_model, create_app
+from backend.store.db import students as students_table
+from converters.task_spec import build_task_spec
+
+T0 = 1_790_000_000.0
+LABELS = ["positive", "neutral", "negative"]
+WORDS = {
+    "positive": ["wonderful", "excellent", "great", "love", "fantastic", "superb", "delightful", "amazing"],
+    "neutral": ["tuesday", "package", "arrived", "noon", "address", "delivery", "schedule", "weekday"],
+    "negative": ["terrible", "awful", "horrible", "broken", "junk", "disgusting", "hate", "worst"],
+}
+SENT = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="sentiment" toName="text" choice="single-radio">
+    <Choice value="positive"/>
+    <Choice value="neutral"/>
+    <Choice value="negative"/>
+  </Choices>
+</View>"""
+MANY = ["billing", "refund", "delivery", "login", "password", "upgrade"]
+MANY_CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="intent" toName="text">'
+    + "".join(f'<Choice value="{v}"/>' for v in MANY)
+    + "</Choices></View>"
+)
+INTENT_WORDS = {
+    "billing": ["invoice", "charged", "bill", "payment", "statement"],
+    "refund": ["refund", "money", "back", "return", "reimburse"],
+    "delivery": ["shipping", "courier", "parcel", "delivered", "tracking"],
+    "login": ["login", "sign", "account", "locked", "access"],
+    "password": ["password", "reset", "forgot", "credentials", "change"],
+    "upgrade": ["upgrade", "premium", "plan", "tier", "subscription"],
+}
+
+
+def text_for(words: list[str], rng: random.Random) -> str:
+    return " ".join(rng.sample(words, 4))
+
+
+def feed(client: Any, config: str, words: dict[str, list[str]], per_label: int, from_name: str = "sentiment",
+         seed: int = 0) -> None:
+    """Reviews sent as Label Studio would: ANNOTATION_CREATED webhooks."""
+    rng = random.Random(seed)
+    aid = 1
+    for label, vocabulary in words.items():
+        for _ in range(per_label):
+            event = annotation_event("ANNOTATION_CREATED", config, aid, aid, text_for(vocabulary, rng),
+                                     [choice(label, from_name)], T0 + aid)
+            assert client.post("/webhook", json=event).status_code == 200
+            aid += 1
+
+
+def model_of(app: Any) -> Any:
+    return app.extensions["lsllm_model"]
+
+
+def predict(client: Any, text: str, config: str = SENT, task_id: int = 900) -> dict[str, Any]:
+    body = {"tasks": [{"id": task_id, "data": {"text": text}}], "project": 7, "label_config": config}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def trained_app(make_app: Any, provider: Any, config: str = SENT, words: dict[str, list[str]] | None = None,
+                from_name: str = "sentiment", **overrides: Any) -> Any:
+    """An app whose project 7 has reviewed examples and a trained student."""
+    settings = {"examples_version_policy": "every", "student_debounce_seconds": 0.0, "student_min_examples": 20,
+                **overrides}
+    app = make_app(**settings)
+    client = app.test_client()
+    feed(client, config, words or WORDS, 30, from_name)
+    model = model_of(app)
+    model.worker.drain()
+    predict(client, "first prediction asks for the student", config, 1)
+    students = model.predictor.pipeline.student
+    assert students is not None
+    assert students.trainer.wait_idle(120)
+    students._known.clear()  # look the new student up now, not after refresh_seconds
+    return app
+
+
+def test_training_and_calibration_on_separable_vectors() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16, dtype=np.float32) * 4
+    x = np.concatenate([centres[i] + rng.normal(0, 1, (40, 16)) for i in range(3)]).astype(np.float32)
+    y = [LABELS[i] for i in range(3) for _ in range(40)]
+    model = train_student(x, y, c=10.0, precision=0.95)
+    assert model is not None and model.classes == tuple(sorted(LABELS))
+    p = model.proba(x)
+    assert p.shape == (120, 3) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (np.array(model.classes)[p.argmax(axis=1)] == np.array(y)).mean() > 0.9
+    assert 0.0 <= model.threshold <= 1.0  # separable: the cascade may answer
+    assert all(0.0 <= v <= 1.0 for v in model.top.y) and all(0.0 <= v <= 1.0 for v in model.any.y)
+    assert train_student(x[:5], y[:5]) is None  # too few examples
+    assert train_student(x[:40], y[:40]) is None  # one class
+
+
+def test_precision_threshold_and_curves() -> None:
+    probs = [0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    right = [1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0]
+    assert precision_threshold(probs, right, 1.0, min_support=3) == 0.8  # the 7 above 0.8 are all right
+    assert precision_threshold(probs, right, 1.0, min_support=8) == 2.0  # never: too few qualify
+    curve = fit_curve(probs, right)
+    assert Curve.from_json(json.loads(json.dumps(curve.as_json()))) == Curve(
+        tuple(round(v, 6) for v in curve.x), tuple(round(v, 6) for v in curve.y))
+    assert np.all(np.diff(curve(np.linspace(0, 1, 11))) >= 0)  # monotone
+    assert expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0
+    with pytest.raises(ValueError):
+        Curve.from_json({"x": [0.1], "y": []})
+
+
+def test_student_from_webhooks_is_stored_without_pickle_and_used_by_another_worker(
+    make_app: Any, provider: Any, tmp_path: Any
+) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = trained_app(make_app, provider)
+    engine = model_of(app).examples.engine
+    with engine.connect() as conn:
+        rows = conn.execute(select(students_table)).mappings().all()
+    ready = [r for r in rows if r["status"] == "ready"]
+    assert ready, [dict(r) for r in rows]
+    row = ready[-1]
+    assert row["control"] == "sentiment" and row["n_examples"] == 90
+    assert json.loads(row["classes"]) == sorted(LABELS)
+    assert len(row["coef"]) == 4 * 256 * 3 and not row["coef"].startswith(b"\x80")  # float32 bytes, not a pickle
+    json.loads(row["calibration"])
+
+    # another worker: a second model object on the same store file, which never trained
+    settings = make_settings(tmp_path, provider.base_url, examples_version_policy="every", student_min_examples=20,
+                             student_debounce_seconds=0.0)
+    other = create_app(settings, build_model(settings), start_worker=False)
+    try:
+        before = len(provider.requests)
+        answer = predict(other.test_client(), "wonderful excellent fantastic love", SENT, 901)
+        item = answer["results"][0]
+        assert item["result"][0]["value"]["choices"] == ["positive"]
+        assert 0.0 <= item["score"] <= 1.0 and 0.0 <= item["result"][0]["score"] <= 1.0
+        assert len(provider.requests) == before  # no LLM call: the student answered
+        assert model_of(other).predictor.pipeline.student.trainer.trained == 0  # loaded, not trained again
+        metrics = other.test_client().get("/metrics").get_data(as_text=True)
+        assert "lsllm_student_answers_total 1.0" in metrics
+        assert "lsllm_llm_calls_saved_total 1.0" in metrics
+    finally:
+        model_of(other).close()
+
+
+def test_cascade_asks_the_llm_when_unsure_and_scores_its_answer(make_app: Any, provider: Any) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "negative"})
+    app = trained_app(make_app, provider)
+    client = app.test_client()
+    before = len(provider.requests)
+    # nothing the student knows: below its threshold, so the LLM answers; the score is the student's
+    # calibrated probability of the LLM's label, never the raw logprob
+    item = predict(client, "quantum chromodynamics lattice gauge", SENT, 902)["results"][0]
+    assert len(provider.requests) == before + 1
+    assert item["result"][0]["value"]["choices"] == ["negative"]
+    assert 0.0 <= item["score"] <= 1.0
+    assert item["score"] == item["result"][0]["score"]
+    assert "lsllm_llm_answers_total 1.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_off_changes_nothing(make_app: Any, provider: Any) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = make_app(student_mode="off", examples_version_policy="every")
+    client = app.test_client()
+    feed(client, SENT, WORDS, 30)
+    model_of(app).worker.drain()
+    assert model_of(app).predictor.pipeline.student is None
+    before = len(provider.requests)
+    for i in range(3):
+        item = predict(client, f"wonderful excellent fantastic love {i}", SENT, 910 + i)["results"][0]
+        assert item["result"][0]["value"]["choices"] == ["neutral"]  # the LLM's answer, as before
+    assert len(provider.requests) == before + 3  # (distinct texts: the response cache answers repeats)
+    with model_of(app).examples.engine.connect() as conn:
+        assert conn.execute(select(students_table)).first() is None  # nothing trained
+
+
+def test_hint_puts_the_students_labels_first_in_the_shortlist(make_app: Any, provider: Any) -> None:
+    asked: list[list[str]] = []
+
+    def respond(body: dict[str, Any]) -> Any:
+        schema = json.dumps(body.get("response_format") or {})
+        asked.append([label for label in MANY if f'"{label}"' in schema])
+        return json_answer({"intent": asked[-1][0] if asked[-1] else "billing"})
+
+    provider.responder = respond
+    app = trained_app(make_app, provider, MANY_CONFIG, INTENT_WORDS, "intent", student_mode="hint",
+                      label_shortlist_threshold=3, label_shortlist_size=2, student_hint_labels=1, few_shot_k=0)
+    asked.clear()
+    before = len(provider.requests)
+    predict(app.test_client(), "forgot my password please reset credentials", MANY_CONFIG, 920)
+    assert len(provider.requests) == before + 1  # hint: the LLM always decides
+    assert asked and "password" in asked[-1] and len(asked[-1]) == 2, asked
+
+
+def test_trainer_debounces_a_burst_into_one_training_of_the_newest_version() -> None:
+    clock = FakeClock()
+    policy = students_module.StudentPolicy(debounce=5.0)
+    trainer = students_module.Trainer(None, None, None, policy, clock=clock)  # type: ignore[arg-type]
+    trained: list[tuple[str, int]] = []
+    trainer.train = lambda project_id, spec, version: trained.append((project_id, version)) or {}  # type: ignore
+    spec = build_task_spec(SENT)
+    try:
+        for version in (1, 2, 3):  # the example set changes three times within the quiet time
+            trainer.want("7", spec, version)
+            clock.advance(1.0)
+        time.sleep(0.3)
+        assert trained == []  # not yet: 3 s of the 5 s debounce have passed
+        clock.advance(2.5)
+        assert trainer.wait_idle(10)
+        assert trained == [("7", 3)]  # one training, of the newest version
+        trainer.want("7", spec, 4)
+        time.sleep(0.3)
+        assert trained == [("7", 3)]  # a new change waits its own debounce
+        clock.advance(5.0)
+        assert trainer.wait_idle(10)
+        assert trained == [("7", 3), ("7", 4)]
+    finally:
+        trainer.close()
+
+
+def test_predict_never_waits_for_a_training(make_app: Any, provider: Any, monkeypatch: Any) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    started = threading.Event()
+    release = threading.Event()
+    real = students_module.train_student
+    calls: list[int] = []
+
+    def slow_train(vectors: Any, labels: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(labels))
+        started.set()
+        release.wait(120)  # a training that lasts until the test lets it finish
+        return real(vectors, labels, *args, **kwargs)
+
+    monkeypatch.setattr(students_module, "train_student", slow_train)
+    app = make_app(examples_version_policy="every", student_debounce_seconds=0.0, student_min_examples=20)
+    client = app.test_client()
+    students = model_of(app).predictor.pipeline.student
+    feed(client, SENT, WORDS, 20)
+    model_of(app).worker.drain()
+    try:
+        predict(client, "some text", SENT, 930)  # asks for the student
+        assert started.wait(60)
+        began = time.monotonic()
+        for i in range(3):  # while the training hangs, predictions go on without it
+            students._known.clear()
+            item = predict(client, f"wonderful excellent {i}", SENT, 940 + i)["results"][0]
+            assert item["result"][0]["value"]["choices"] == ["neutral"]  # the LLM answered meanwhile
+        assert time.monotonic() - began < 60  # far below the training's 120 s: nothing waited for it
+        assert not release.is_set()
+    finally:
+        release.set()
+    assert students.trainer.wait_idle(120)
+    assert calls == [60]  # one training, claimed once, not one per prediction
+
+
+def test_students_leave_multi_control_and_multiple_choice_configs_to_the_llm() -> None:
+    spec = build_task_spec(
+        '<View><Text name="text" value="$text"/><Choices name="tags" toName="text" choice="multiple">'
+        '<Choice value="a"/><Choice value="b"/></Choices></View>'
+    )
+    assert students_module.student_controls(spec) == []
