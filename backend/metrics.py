@@ -53,6 +53,16 @@ class Metrics:
         self.webhook_events = Counter(
             "lsllm_webhook_events", "Webhook events received by action and outcome", ["action", "outcome"], registry=r
         )
+        self.student_answers = Counter(
+            "lsllm_student_answers", "<Choices> tasks answered by the student alone (cascade)", registry=r
+        )
+        self.llm_answers = Counter(
+            "lsllm_llm_answers", "Tasks with a student that the LLM answered (hint, or cascade below threshold)",
+            registry=r,
+        )
+        self.llm_calls_saved = Counter(
+            "lsllm_llm_calls_saved", "LLM calls not made because the student answered (cascade)", registry=r
+        )
         self.spans = Counter(
             "lsllm_spans",
             "Spans predicted for <Labels> controls with gazetteer candidates, by source (gazetteer: from reviewed "
