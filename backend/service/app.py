@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backend.store.db import make_engine, migrate
 from backend.store.embedding_store import EmbeddingStore
-from backend.llm.embeddings import Embedder, embeddings_config
+from backend.llm.embeddings import embeddings_config
 from backend.store.example_store import ExampleStore
 from backend.learning.learner import EventWorker, Learner, VersionPolicy
 from backend.llm.client import LLMClient
@@ -47,7 +47,9 @@ from backend.store.quality_store import QualityStore
 from backend.learning.selection import Selector, ShortlistPolicy
 from backend.learning.span_cascade import gazetteer_book, span_hook
 from backend.settings import Settings
-from backend.learning.vector_index import VectorSource
+from backend.learning.vector_index import vector_source
+from backend.learning.students import build_students
+from backend.llm.local_embeddings import LocalEmbedder
 from backend.learning.intake import BadEvent
 from converters.task_spec import UnsupportedConfig
 
@@ -79,17 +81,21 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     projects.encrypt_clear_tokens()  # rows an older version stored in clear text
     examples = ExampleStore(engine)
     embeddings = embeddings_config(settings, llm_base_url)
+    local_embedder = LocalEmbedder()  # bundled WordLlama: selection without EMBEDDINGS_MODEL, and the students
+    students = build_students(settings, examples, projects, local_embedder, metrics)
     selector = Selector(
         examples,
         settings.few_shot_k,
         settings.few_shot_token_budget,
         settings.selection_refresh_seconds,
         ShortlistPolicy(settings.label_shortlist_threshold, settings.label_shortlist_size),
-        VectorSource(Embedder(embeddings), EmbeddingStore(engine)) if embeddings is not None else None,
+        vector_source(settings.selection_similarity, embeddings, local_embedder, EmbeddingStore(engine)),
         gazetteers=gazetteer_book(settings),
+        lead=students.lead if students is not None else None,
     )
     predictor = Predictor(settings, llm, metrics, context=selector.context)
     predictor.pipeline.spans = span_hook(settings, metrics)  # gazetteer spans beside the LLM's (cascade)
+    predictor.pipeline.student = students  # <Choices> students: cascade, hint, calibrated scores
     learner = Learner(
         engine,
         examples,
