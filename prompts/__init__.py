@@ -41,6 +41,7 @@ class SpanCandidate:
     text: str
     label: str
     score: float
+    shown: bool = True  # offered to the model in the prompt (hint); False: only for the cascade's combination
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _candidate_lines(spec: TaskSpec, candidates: Sequence[SpanCandidate]) -> lis
     ({"text", "label"} with the label the model answers with), in text order."""
     lines = []
     for control in spec.controls:
-        mine = sorted((c for c in candidates if c.control == control.name and c.label),
+        mine = sorted((c for c in candidates if c.control == control.name and c.label and c.shown),
                       key=lambda c: (c.start, c.end))
         if not mine:
             continue

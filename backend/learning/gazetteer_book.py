@@ -47,9 +47,11 @@ class GazetteerBook:
     gazetteer (none yet: no candidates)."""
 
     def __init__(
-        self, policy: GazetteerPolicy | None = None, min_examples: int = 1, sync_limit: int = 2000
+        self, policy: GazetteerPolicy | None = None, min_examples: int = 1, sync_limit: int = 2000,
+        show: bool = True,
     ) -> None:
         self.policy = policy or GazetteerPolicy()
+        self.show = show  # candidates offered in the prompt (hint) or only to the cascade's combination
         self.min_examples = min_examples
         self.sync_limit = sync_limit
         self._built: dict[_Key, _Built] = {}
@@ -123,8 +125,8 @@ class GazetteerBook:
             gazetteer = self.gazetteer(project_id, spec, control, seq, examples)
             if gazetteer is None:
                 continue
-            out += [SpanCandidate(control.name, m.start, m.end, m.text, m.label, m.score)
+            out += [SpanCandidate(control.name, m.start, m.end, m.text, m.label, m.score, self.show)
                     for m in gazetteer.match(text)]
             # runs of plain words: label "" (never shown in the prompt; the cascade drops LLM spans inside)
-            out += [SpanCandidate(control.name, s, e, text[s:e], "", 0.0) for s, e in gazetteer.plain_runs(text)]
+            out += [SpanCandidate(control.name, s, e, text[s:e], "", 0.0, False) for s, e in gazetteer.plain_runs(text)]
         return tuple(out)

@@ -128,10 +128,11 @@ def id_of(control: ControlSpec, candidate: SpanCandidate) -> str:
 
 def gazetteer_book(settings: Settings) -> GazetteerBook | None:
     """The composition root's gazetteers: none with STUDENT_MODE=off; a control gets one from
-    STUDENT_MIN_EXAMPLES reviewed examples on."""
+    STUDENT_MIN_EXAMPLES reviewed examples on. Its matches are shown to the LLM in hint mode only: the
+    cascade was measured with the LLM's own answer (no candidates in its prompt), combined afterwards."""
     if settings.student_mode == "off":
         return None
-    return GazetteerBook(min_examples=settings.student_min_examples)
+    return GazetteerBook(min_examples=settings.student_min_examples, show=settings.student_mode == "hint")
 
 
 def span_hook(settings: Settings, metrics: Metrics) -> SpanCascade | None:
