@@ -194,6 +194,14 @@ class Evaluation:
         time.sleep(float(getattr(getattr(students, "policy", None), "refresh_seconds", 0.0)))
         return bool(controls)
 
+    def warm_selection(self) -> None:
+        """Bring the selection index (and the example vectors, with embeddings) up to the store now, on
+        this thread: otherwise concurrent tasks that find another thread embedding thousands of new
+        examples wait `sync_wait` s and then select from the previous point's vectors."""
+        selector = selector_of(self.model)
+        if self.fed:
+            nearest(selector, self.pid, "warm-up", 1)
+
     def predict(self, tasks: Sequence[Mapping[str, Any]], on_done: Callable[[], None]) -> dict[int, TaskResult]:
         """Predict {"id", "data"} tasks for the project; results by task id."""
         version = self.model.version_for(self.plan, self.pid)
@@ -220,6 +228,7 @@ class Evaluation:
         started = time.perf_counter()
         self.feed(train, order, upto)
         run.student_trained = self.settle_students()
+        self.warm_selection()
         run.feed_seconds = time.perf_counter() - started
         run.store = self.model.examples.counts(self.pid)
         run.events = self.model.examples.event_counts(self.pid)
