@@ -283,3 +283,26 @@ def test_students_leave_multi_control_and_multiple_choice_configs_to_the_llm() -
         '<Choice value="a"/><Choice value="b"/></Choices></View>'
     )
     assert students_module.student_controls(spec) == []
+
+
+def test_prelabel_counts_student_answers_and_calls_saved(make_app: Any, provider: Any) -> None:
+    from backend.llm.pricing import PriceTable
+    from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
+
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = trained_app(make_app, provider)
+    model = model_of(app)
+    plan = model.predictor.plan(SENT)
+    version = model.version_for(plan, "7")
+    pushed: list[dict[str, Any]] = []
+    target = RunTarget(model.predictor, plan, version, "7", pushed.extend, PriceTable.from_setting(None))
+    confident = [f"wonderful excellent fantastic love {i}" for i in range(4)]
+    unsure = [f"quantum chromodynamics lattice {i}" for i in range(2)]
+    todo = [{"id": 500 + i, "data": {"text": t}, "predictions": []} for i, t in enumerate(confident + unsure)]
+    before = len(provider.requests)
+    stats = Prelabeler(target, PrelabelOptions(in_flight=2)).run(iter(todo))
+    calls = len(provider.requests) - before
+    assert stats.predicted == 6 and stats.pushed == 6
+    assert stats.student_answers >= 1 and stats.student_answers + stats.llm_answers == 6
+    assert stats.llm_calls == calls == stats.llm_answers  # student answers made no call and count none
+    assert f"{stats.student_answers} LLM calls saved" in stats.summary()

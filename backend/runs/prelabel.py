@@ -61,6 +61,8 @@ class RunStats:
     failed: Counter = field(default_factory=Counter)
     llm_calls: int = 0
     cache_hits: int = 0
+    student_answers: int = 0  # tasks the student answered alone (cascade): LLM calls saved
+    llm_answers: int = 0  # tasks the LLM answered (a call or a cache hit)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = 0.0
@@ -102,6 +104,8 @@ class RunStats:
         lines += [
             f"  tokens     {self.prompt_tokens:,} in / {self.completion_tokens:,} out, cost {format_cost(self.cost)}",
             f"  provider   {self.llm_calls} calls, {self.cache_hits} cache hits, {self.throttled} 429s handled",
+            f"  answers    {self.llm_answers} by the LLM, {self.student_answers} by the student "
+            f"({self.student_answers} LLM calls saved)",
             f"  time       {self.seconds:.1f} s, {rate:.1f} tasks/s",
         ]
         if self.stopped:
@@ -218,7 +222,7 @@ class Prelabeler(RunBase):
             except Exception as exc:  # noqa: BLE001 - one unit's bug must not end the run
                 log.error("tasks %s failed unexpectedly: %r", [t.get("id") for t in unit], exc)
                 results = [TaskResult([], error="internal error", reason="error")] * len(unit)
-            if any(not r.cached and r.reason not in NO_CALL for r in results):
+            if any(not r.cached and not r.student and r.reason not in NO_CALL for r in results):
                 with self._lock:
                     self.stats.llm_calls += 1  # one call answered the whole unit
             for task, result in zip(unit, results):
@@ -255,6 +259,10 @@ class Prelabeler(RunBase):
             stats.add_cost(self.prices.cost(self.plan.model, result.prompt_tokens, result.completion_tokens))
         if result.item:
             stats.predicted += 1
+            if result.student:
+                stats.student_answers += 1
+            else:
+                stats.llm_answers += 1
             self._streak = 0
             return
         stats.failed[result.reason] += 1
