@@ -265,7 +265,7 @@ def bench_local(args: argparse.Namespace) -> None:
                 result = model.predictor.predict_tasks(plan, [{"id": 1, "data": {"text": text}}], "bench",
                                                        deadline_seconds=24 * 3600)[0]
                 seconds = time.perf_counter() - started
-                calls = {k[0][0]: v._value.get() for k, v in model.metrics.llm_calls._metrics.items()}
+                calls = {k[0]: v._value.get() for k, v in model.metrics.llm_calls._metrics.items()}
             finally:
                 model.close()
             got = _spans(result.item)

@@ -374,6 +374,7 @@ def _unmask_region(region: dict[str, Any], masked: Mapping[str, MaskedText], spe
     if m is None or "start" not in value:
         return region
     start, end = m.to_original(int(value["start"]), int(value["end"]))
-    return {**region, "value": {**value, "start": start, "end": end, "text": m.original[start:end]}}
+    return {**region, "id": region_id(region.get("from_name"), start, end, *value.get("labels", [])),
+            "value": {**value, "start": start, "end": end, "text": m.original[start:end]}}
 
 
