@@ -1,11 +1,12 @@
 """Few-shot selection per task: the k most useful reviewed examples within a token budget.
 
-Similarity to the task comes from one of two sources: lexical (idf-weighted word overlap through an
-inverted index, no model needed, the default) or embeddings (`backend.learning.vector_index`, when
-EMBEDDINGS_MODEL is set; an outage falls back to lexical for that task). Whatever the source, one piece
-of code (`choose`) picks the examples: reviewer corrections weighted up, diversity by maximal marginal
-relevance, label coverage for single-choice controls (no prompt with eight examples of one class), and
-a deterministic order (ties by annotation id; the most similar example sits right before the task).
+Similarity to the task comes from one of two sources: embeddings (`backend.learning.vector_index`: the
+bundled WordLlama vectors by default, a provider's EMBEDDINGS_MODEL when set; an outage falls back to
+lexical for that task) or lexical (idf-weighted word overlap through an inverted index, no model needed,
+SELECTION_SIMILARITY=lexical). Whatever the source, one piece of code (`choose`) picks the examples:
+reviewer corrections weighted up, diversity by maximal marginal relevance, label coverage for
+single-choice controls with no more labels than k (no prompt with eight examples of one class), and a
+deterministic order (ties by annotation id; the most similar example sits right before the task).
 Controls with a large label set are narrowed to a per-task shortlist first (`converters.shortlist`),
 and only examples that fit the shortlist are used. Each process keeps an index per project and
 refreshes it incrementally from the store's `seq` column.

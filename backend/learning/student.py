@@ -2,17 +2,18 @@
 embedded WordLlama vectors of the task's text, trained on the project's reviewed examples.
 
 The model is scikit-learn's `LogisticRegression(C)` objective (C * cross-entropy summed + ||W||^2 / 2,
-intercept not penalised), fitted here by scipy's L-BFGS in float32 so that cross-validation can start
-every fold from the full model's weights and keep one fixed class set across folds (a fold missing a
-rare class still answers in the same columns). Measured on the 500-task test samples with all
-reviewed examples: Banking77 0.912, CLINC150 0.79 (scikit-learn's lbfgs: 0.908 / 0.788).
+intercept not penalised), fitted here by scipy's L-BFGS in float32, with one fixed class set (a fold
+missing a rare class still answers in the same columns). Measured on the 500-task test samples with
+all reviewed examples: Banking77 0.91, CLINC150 0.79, SST-2 0.75, TweetEval 0.53 (scikit-learn's
+lbfgs: 0.908 / 0.788 on the first two).
 
-Training also yields, from k-fold out-of-fold probabilities (what the student says about examples it
-did not see):
+Training also yields, from held-out probabilities (5-fold cross-validation up to CV_LIMIT examples;
+above, a stratified fifth held out from a model trained on the rest, after which the final model is
+fitted on everything starting from that one: about one fit's cost):
 - `top`: a calibration curve from the student's top probability to P(its label is right);
 - `any`: a curve from the student's probability of any label (its top 3 per example) to P(that label
   is right), which scores an LLM answer the student disagrees with;
-- `threshold`: the lowest top probability whose out-of-fold precision is at least the target
+- `threshold`: the lowest top probability whose held-out precision is at least the target
   (the cascade answers alone at or above it; above 1 means never).
 Everything is arrays and numbers: stored without pickle (`backend.store.student_store`).
 """
