@@ -431,6 +431,44 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """A project's pushed retrieves and refreshes with per-task counts, or cancel one (the backend's store)."""
+    from backend.store.db import make_engine, migrate
+    from backend.store.jobs_store import JobsStore
+    from backend.store.project_id import normalise_project_id
+
+    if not args.project:
+        print("lsllm jobs: --project ID is required", file=sys.stderr)
+        return 2
+    try:
+        project_id = normalise_project_id(args.project)
+    except ValueError as exc:
+        print(f"lsllm jobs: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    store = JobsStore(engine, stale_seconds=settings.job_stale_seconds)
+    if args.action == "cancel":
+        job = store.cancel(project_id, args.job)
+        if job is None:
+            print(f"lsllm jobs cancel: no job {args.job} in project {project_id}", file=sys.stderr)
+            return 1
+        print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.cancel_requested else ""))
+        return 0
+    listed = store.list(project_id, args.limit)
+    if args.json:
+        print(json.dumps([job.as_json() for job in listed], indent=1))
+        return 0
+    print(f"{'job':>5} {'kind':9} {'status':12} {'queued':>6} {'running':>7} {'done':>6} {'failed':>6} {'skipped':>7} "
+          f"{'cost USD':>9} model_version")
+    for job in listed:
+        print(f"{job.id:>5} {job.kind:9} {job.status:12} {job.queued:>6} {job.running:>7} {job.done:>6} "
+              f"{job.failed:>6} {job.skipped:>7} {job.cost_usd:>9.4f} {job.model_version}")
+    if not listed:
+        print(f"(no jobs in project {project_id})", file=sys.stderr)
+    return 0
+
+
 def _project_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--url", help="Label Studio URL (default LABEL_STUDIO_URL)")
     p.add_argument("--api-key", help="Label Studio access token (default LABEL_STUDIO_API_KEY)")
@@ -493,6 +531,16 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--project", required=True, help="Label Studio project id")
     report.add_argument("--out", default="report.html", help="file to write, - for stdout")
     report.set_defaults(func=cmd_report)
+    jobs = sub.add_parser("jobs", help="a project's pushed retrieves and refreshes (per-task counts, cost); "
+                          "`jobs cancel --project ID JOB` cancels one")
+    jobs.add_argument("--project", help="Label Studio project id")
+    jobs.add_argument("--limit", type=int, default=50, help="newest jobs to list")
+    jobs.add_argument("--json", action="store_true", help="JSON, as GET /projects/<id>/jobs answers")
+    jobs.set_defaults(func=cmd_jobs, action="list", job=None)
+    jobs_sub = jobs.add_subparsers(dest="action")
+    cancel = jobs_sub.add_parser("cancel", help="cancel a job: it stops after the batch in flight")
+    cancel.add_argument("--project", default=argparse.SUPPRESS, help="Label Studio project id")
+    cancel.add_argument("job", type=int, help="the job's id (lsllm jobs --project ID lists them)")
     ev = sub.add_parser("eval", help="learning curve on a labelled train/test pair: examples fed through the "
                         "webhook path, the test sample predicted by the full pipeline, scored")
     ev.add_argument("--config", required=True, help="label config XML file")

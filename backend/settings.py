@@ -154,6 +154,48 @@ class Settings(BaseSettings):
     )
     push_batch_size: int = Field(default=50, ge=1, le=1000, validation_alias="PUSH_BATCH_SIZE")
 
+    # --- active learning (issue 13): the review tab, refreshed predictions, jobs ------------------
+    review_tab: str = Field(
+        default="on", pattern="^(on|off)$", validation_alias="REVIEW_TAB",
+        description="on: after /setup with usable credentials, create the Data Manager tab 'Review: least "
+        "confident first' (tasks without annotations, lowest prediction score first) once per project",
+    )
+    refresh: str = Field(
+        default="on", pattern="^(on|off)$", validation_alias="REFRESH",
+        description="on: when a project's example set (and student) moves to a new version, re-predict its "
+        "un-annotated tasks, least confident first, and push them with the new model_version",
+    )
+    refresh_max_tasks: int = Field(
+        default=1000, ge=0, validation_alias="REFRESH_MAX_TASKS",
+        description="tasks a refresh predicts per project and model_version (the least confident first)",
+    )
+    refresh_max_cost_usd: float = Field(
+        default=1.0, ge=0, validation_alias="REFRESH_MAX_COST_USD",
+        description="USD all refreshes may spend per UTC day (LLM_PRICES; cached and student answers cost 0)",
+    )
+    refresh_unpriced: str = Field(
+        default="deny", pattern="^(allow|deny)$", validation_alias="REFRESH_UNPRICED",
+        description="allow: refresh also with a model whose price is unknown (its cost counts as 0)",
+    )
+    refresh_debounce_seconds: float = Field(
+        default=30.0, ge=0, validation_alias="REFRESH_DEBOUNCE_SECONDS",
+        description="a project's model_version must stay the same this long before its refresh starts (a "
+        "burst of reviews: one refresh)",
+    )
+    refresh_min_interval_seconds: float = Field(
+        default=300.0, ge=0, validation_alias="REFRESH_MIN_INTERVAL_SECONDS",
+        description="at least this long between the starts of two refreshes of one project",
+    )
+    refresh_poll_seconds: float = Field(
+        default=5.0, gt=0, validation_alias="REFRESH_POLL_SECONDS",
+        description="how often each worker looks for projects whose model_version moved",
+    )
+    job_stale_seconds: float = Field(
+        default=300.0, gt=0, validation_alias="JOB_STALE_SECONDS",
+        description="a running job without a heartbeat for this long belongs to a dead process: a refresh is "
+        "taken over and resumed, a pushed retrieve is marked interrupted",
+    )
+
     # --- storage ---------------------------------------------------------------------------------
     data_dir: Path = Field(default=Path("data"), validation_alias="DATA_DIR")
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")

@@ -12,6 +12,10 @@ prediction or push failed loses its claim, so the next "Retrieve predictions" as
 do the tasks a run never reached because it stopped on an unexpected error. (Only a dead process
 leaves claims queued; they are taken over after `stale_seconds`.)
 
+Every run is a job in the store (backend.store.jobs_store) with per-task counts, listed by
+GET /projects/<id>/jobs and `lsllm jobs`; a cancelled job stops after the batch in flight and
+releases the rest of its tasks (counted skipped).
+
 Predictions reach Label Studio through a `Sender` (label-studio-sdk's import_predictions by default),
 passed in so that delivery can be tested, or replaced, without a Label Studio.
 """
@@ -34,6 +38,7 @@ from backend.labelstudio.batch_push import BatchPusher, prediction_item
 from backend.metrics import Metrics
 from backend.predict.predictor import ProjectPlan, TaskResult
 from backend.store.db import insert_ignore, push_jobs, write
+from backend.store.jobs_store import JobsStore, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ def sdk_sender(url: str, token: str, project_id: str, items: list[dict[str, Any]
 
 
 class PushDelivery:
+    CHUNK = 100  # tasks put in flight at once; a cancel takes effect between chunks
+
     def __init__(
         self,
         engine: Engine,
@@ -69,6 +76,7 @@ class PushDelivery:
         sender: Sender = sdk_sender,
         retries: int = 3,
         max_push: int = 1000,
+        jobs: JobsStore | None = None,
     ) -> None:
         self.engine = engine
         self.predictor = predictor
@@ -78,6 +86,8 @@ class PushDelivery:
         self.sender = sender
         self.retries = retries
         self.max_push = max_push
+        self.jobs = jobs  # job accounting (None: runs are not listed)
+        self.owner = process_owner()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-predict")
         self.undelivered: list[int] = []  # task ids given up on in this process, for reports
         self._lock = threading.Lock()
@@ -119,6 +129,14 @@ class PushDelivery:
                                              push_jobs.c.task_id.in_(list(task_ids))))
             )
 
+    def release(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
+        """Drop claims (public: the refresh shares these claims)."""
+        self._release(project_id, version, task_ids)
+
+    def mark_pushed(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
+        """Record claims as pushed (public: the refresh shares these claims)."""
+        self._mark_pushed(project_id, version, task_ids)
+
     def _mark_pushed(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         with write(self.engine) as conn:
             conn.execute(
@@ -143,15 +161,54 @@ class PushDelivery:
         self, plan: ProjectPlan, project_id: str, version: str, tasks: Sequence[Mapping[str, Any]],
         url: str, token: str,
     ) -> None:
-        """Predict and push the claimed `tasks` in the background (run() on this delivery's thread)."""
+        """Predict and push the claimed `tasks` in the background (run() on this delivery's thread), as a
+        job in the store."""
+        job_id = self._job(project_id, version, len(tasks))
         try:
-            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token)
+            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token, job_id)
         except RuntimeError:  # closed (shutting down): nothing will predict them
             log.warning("push: shutting down; %d tasks released for the next retrieve", len(tasks))
             self._release_quietly(project_id, version, [int(t["id"]) for t in tasks])
+            self._count(job_id, skipped=len(tasks))
+            self._finish(job_id, "interrupted", "the process is stopping")
+
+    def _job(self, project_id: str, version: str, total: int) -> int | None:
+        if self.jobs is None:
+            return None
+        try:
+            return self.jobs.create(project_id, "retrieve", version, total, self.owner, status="queued")
+        except SQLAlchemyError:
+            log.error("push: store unavailable; this run is not listed as a job")
+            return None
+
+    def _count(self, job_id: int | None, **deltas: Any) -> None:
+        """Move a job's counts; a store outage must not stop the delivery."""
+        if self.jobs is None or job_id is None:
+            return
+        try:
+            self.jobs.add(job_id, **deltas)
+        except SQLAlchemyError:
+            log.error("push: store unavailable while counting job %s", job_id)
+
+    def _finish(self, job_id: int | None, status: str, detail: str | None = None) -> None:
+        if self.jobs is None or job_id is None:
+            return
+        try:
+            self.jobs.finish(job_id, status, detail)
+        except SQLAlchemyError:
+            log.error("push: store unavailable while ending job %s", job_id)
+
+    def _cancelled(self, job_id: int | None) -> bool:
+        if self.jobs is None or job_id is None:
+            return False
+        try:
+            return self.jobs.cancel_requested(job_id)
+        except SQLAlchemyError:
+            return False
 
     def run(
-        self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str
+        self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str,
+        job_id: int | None = None,
     ) -> None:
         """Predict batch after batch; the pusher sends whatever is ready in one call, so while a push is
         in flight the next results gather. Every claimed task ends pushed or released: a failed
@@ -161,30 +218,52 @@ class PushDelivery:
 
         def delivered(items: list[dict[str, Any]], ok: bool) -> None:
             self._delivered(project_id, version, items, ok, began)
+            self._count(job_id, running=-len(items), **({"done": len(items)} if ok else {"failed": len(items)}))
 
         pusher = BatchPusher(lambda items: self.sender(url, token, project_id, items), delivered,
                              max_batch=self.max_push, retries=self.retries)
         items: list[dict[str, Any]] = []
         settled: set[int] = set()  # released here, or handed to the pusher (which marks or releases)
+        status, detail = "done", None
+        if self.jobs is not None and job_id is not None:
+            try:
+                self.jobs.set_status(job_id, "running")
+            except SQLAlchemyError:
+                log.error("push: store unavailable while starting job %s", job_id)
         try:
-            for task, result in self.predictor.predict_stream(plan, tasks, version, project_id):
-                task_id = int(task["id"])
-                if not result.item:
-                    self._release(project_id, version, [task_id])  # asked again next retrieve
+            # chunks, so that a cancel stops the predictions not started yet
+            for start in range(0, len(tasks), self.CHUNK):
+                chunk = tasks[start:start + self.CHUNK]
+                if self._cancelled(job_id):
+                    status, detail = "cancelled", "cancelled by a user"
+                    break
+                self._count(job_id, running=len(chunk))
+                for task, result in self.predictor.predict_stream(plan, chunk, version, project_id):
+                    task_id = int(task["id"])
+                    if not result.item:
+                        self._release(project_id, version, [task_id])  # asked again next retrieve
+                        settled.add(task_id)
+                        self._count(job_id, running=-1, failed=1)
+                        continue
+                    items.append(prediction_item(task_id, result.item, version))
                     settled.add(task_id)
-                    continue
-                items.append(prediction_item(task_id, result.item, version))
-                settled.add(task_id)
-                if len(items) >= self.batch_size:
-                    pusher.put(items)
-                    items = []
+                    if len(items) >= self.batch_size:
+                        pusher.put(items)
+                        items = []
         except Exception:  # whatever stopped the run, its claims must not stay queued
             left = [int(t["id"]) for t in tasks if int(t["id"]) not in settled]
             log.exception("push: predictions stopped; %d tasks released for the next retrieve", len(left))
             self._release_quietly(project_id, version, left)
+            self._count(job_id, failed=len(left))
+            status, detail = "failed", "predictions stopped unexpectedly"
         finally:
             pusher.put(items)
             pusher.close()
+            left = [int(t["id"]) for t in tasks if int(t["id"]) not in settled]
+            if left and status == "cancelled":
+                self._release_quietly(project_id, version, left)
+                self._count(job_id, skipped=len(left))
+            self._finish(job_id, status, detail)
 
     def _release_quietly(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """_release on a failure path: a store outage there leaves the claims to expire (stale_seconds)."""

@@ -37,6 +37,10 @@ from backend.predict.predictor import Predictor
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
 from backend.labelstudio.push import PushDelivery, sdk_sender
+from backend.labelstudio.review_tab import ReviewTabs
+from backend.learning.refresh import Refresher, RefreshLimits
+from backend.llm.pricing import PriceTable
+from backend.store.jobs_store import JobsStore, job_gauges
 from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER, INSTALLED, WebhookInstaller
 from backend.store.secrets import Secrets
 from backend.llm.response_cache import ResponseCache
@@ -105,14 +109,40 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
         resync=make_resync(settings, projects),
         fetch_prediction=make_prediction_fetch(settings, projects),
     )
-    push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size, sender=sdk_sender)
+    jobs = JobsStore(engine, stale_seconds=settings.job_stale_seconds)
+    push = PushDelivery(engine, predictor, metrics, batch_size=settings.push_batch_size, sender=sdk_sender,
+                        jobs=jobs)
     webhooks = WebhookInstaller(
         lambda project_id: credentials(settings, projects, project_id),
         secrets.webhook_secret,
         lambda project_id: projects.mark_webhook_auth(project_id, INSTALLED),
     )
-    return LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
-                           webhooks=webhooks)
+    tabs = ReviewTabs(jobs, lambda project_id: credentials(settings, projects, project_id))
+    model = LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
+                            webhooks=webhooks, jobs=jobs, review_tabs=tabs)
+    model.refresher = build_refresher(settings, model, engine, push)
+    return model
+
+
+def build_refresher(settings: Settings, model: LLMBackendModel, engine: Any, push: PushDelivery) -> Refresher | None:
+    """The refresh of predictions when a project's version moves (REFRESH=on), or None."""
+    if settings.refresh != "on" or model.jobs is None:
+        return None
+    try:
+        prices = PriceTable.from_setting(settings.llm_prices)
+    except ValueError as exc:
+        log.warning("refreshed predictions are off: %s", exc)
+        return None
+    limits = RefreshLimits(
+        max_tasks=settings.refresh_max_tasks, max_cost_usd=settings.refresh_max_cost_usd,
+        unpriced_allowed=settings.refresh_unpriced == "allow", debounce_seconds=settings.refresh_debounce_seconds,
+        min_interval_seconds=settings.refresh_min_interval_seconds, poll_seconds=settings.refresh_poll_seconds,
+    )
+    return Refresher(
+        engine, model.projects, model.jobs, model.predictor, model.predictor.plan,
+        lambda plan, project_id: model.version_for(plan, project_id),
+        lambda project_id: credentials(settings, model.projects, project_id), push, sdk_sender, prices, limits,
+    )
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -176,6 +206,8 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     app.extensions["lsllm_model"] = model
     if start_worker:
         model.worker.start()
+        if model.refresher is not None:
+            model.refresher.start()
 
     @app.before_request
     def _start() -> Any:
@@ -334,13 +366,46 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
             return _error(503, "the backend's store is unavailable")
         return jsonify(quality_report(project_id, outcomes, order))
 
+    @app.get("/projects/<project>/jobs")
+    def project_jobs(project: str) -> Any:
+        """The project's pushed retrieves and refreshes, newest first, with per-task counts and cost."""
+        try:
+            project_id = normalise_project_id(project)
+            limit = min(500, max(1, int(request.args.get("limit", 50))))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if model.jobs is None:
+            return jsonify({"project": project_id, "jobs": []})
+        try:
+            listed = model.jobs.list(project_id, limit)
+        except SQLAlchemyError:
+            return _error(503, "the backend's store is unavailable")
+        return jsonify({"project": project_id, "jobs": [job.as_json() for job in listed]})
+
+    @app.delete("/projects/<project>/jobs/<int:job_id>")
+    def cancel_job(project: str, job_id: int) -> Any:
+        """Cancel a job: its process stops after the batch in flight and releases the rest."""
+        try:
+            project_id = normalise_project_id(project)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if model.jobs is None:
+            return _error(404, f"no job {job_id} in project {project_id}")
+        try:
+            job = model.jobs.cancel(project_id, job_id)
+        except SQLAlchemyError:
+            return _error(503, "the backend's store is unavailable")
+        if job is None:
+            return _error(404, f"no job {job_id} in project {project_id}")
+        return jsonify(job.as_json())
+
     @app.get("/versions")
     def versions() -> Any:
         return jsonify({"versions": [model.version_for()], "model_dir": str(settings.data_dir)})
 
     @app.get("/metrics")
     def metrics_route() -> Any:
-        body = metrics.exposition() + store_metrics(model) + quality_metrics(quality)
+        body = metrics.exposition() + store_metrics(model) + quality_metrics(quality) + jobs_metrics(model.jobs)
         if settings.local_status_file is not None:
             body += local_model_metrics(read_status(settings.local_status_file))
         return Response(body, mimetype="text/plain; version=0.0.4")
@@ -378,6 +443,17 @@ def quality_metrics(quality: QualityStore) -> bytes:
     except SQLAlchemyError:
         return b"# quality: store unavailable\n"
     return ("\n".join(lines + accepted + score) + "\n").encode()
+
+
+def jobs_metrics(store: JobsStore | None) -> bytes:
+    """Jobs per project, kind and status, the tasks of unfinished jobs by state, and today's refresh cost,
+    from the shared store (the same in every worker)."""
+    if store is None:
+        return b""
+    try:
+        return job_gauges(store).encode()
+    except SQLAlchemyError:
+        return b"# jobs: store unavailable\n"
 
 
 def _label_value(value: str) -> str:

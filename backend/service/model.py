@@ -14,14 +14,17 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.labelstudio.push import PushDelivery
+from backend.labelstudio.review_tab import ReviewTabs
 from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller, check_secret
 from backend.learning.intake import BadEvent, intake
 from backend.learning.learner import EventWorker
+from backend.learning.refresh import Refresher
 from backend.learning.resync import ResyncError, credentials
 from backend.metrics import Metrics
 from backend.predict.predictor import Predictor, ProjectPlan
 from backend.settings import Settings
 from backend.store.example_store import ExampleStore
+from backend.store.jobs_store import JobsStore
 from backend.store.project_id import normalise_project_id
 from backend.store.project_store import ProjectStore
 from converters.examples import result_errors
@@ -54,6 +57,9 @@ class LLMBackendModel:
         worker: EventWorker,
         push: PushDelivery | None = None,
         webhooks: WebhookInstaller | None = None,
+        jobs: JobsStore | None = None,
+        review_tabs: ReviewTabs | None = None,
+        refresher: Refresher | None = None,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
@@ -63,6 +69,9 @@ class LLMBackendModel:
         self.worker = worker
         self.push = push
         self.webhooks = webhooks  # installs per-project webhook secrets in Label Studio (None: never)
+        self.jobs = jobs  # pushed retrieves and refreshes (None: not recorded)
+        self.review_tabs = review_tabs  # creates each project's review tab once (None: never)
+        self.refresher = refresher  # refreshes predictions when a project's version moves (None: never)
         self._store_outage = False  # a /predict read failed and none has succeeded since (logged once)
         self._store_failures = 0
 
@@ -75,6 +84,10 @@ class LLMBackendModel:
             self.push.close()
         if self.webhooks is not None:
             self.webhooks.close()
+        if self.review_tabs is not None:
+            self.review_tabs.close()
+        if self.refresher is not None:
+            self.refresher.stop()
 
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
@@ -103,6 +116,8 @@ class LLMBackendModel:
         info = self.projects.save(project_id, label_config, dict(extra_params or {}), hostname, access_token)
         if self.webhooks is not None and self.settings.webhook_secret is None and info.webhook_auth != INSTALLED:
             self.webhooks.request(project_id)  # background, at most once per interval; no-op without credentials
+        if self.review_tabs is not None and self.settings.review_tab == "on":
+            self.review_tabs.request(project_id)  # background, once per project; no-op without credentials
         return {"model_version": self.version_for(plan, project_id)}
 
     def expected_webhook_secret(self, project_id: str) -> str | None:

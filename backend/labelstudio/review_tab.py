@@ -1,0 +1,133 @@
+"""The review tab: a Data Manager view "Review: least confident first" in each project.
+
+Every prediction's `score` is the calibrated probability that it is right, so tasks without annotations
+ordered by prediction score ascending put the likely errors first. The tab is created once per project,
+after a /setup with usable credentials, on a background thread (/setup must stay cheap):
+
+- the store records the project's tab (`review_tabs`): a process first claims the row, so two workers or
+  replicas answering /setup at the same moment do not both create one;
+- the claimer looks the tab up by title in Label Studio before creating it (a store that was reset, or
+  a tab made by hand with the same title, is reused, never duplicated);
+- a recorded tab is never created again, even when a user deletes it (their choice stands).
+
+Filter and ordering are Label Studio 1.23's Data Manager names (`filter:tasks:total_annotations`, Number,
+`equal` 0; ordering `tasks:predictions_score`, ascending), checked against the real server in
+tests/test_e2e_active_learning.py. Label Studio averages the scores of the predictions of the project's
+current model_version (managers.annotate_predictions_score).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from label_studio_sdk.core.api_error import ApiError
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.labelstudio.api import as_dict, client_for
+from backend.store.jobs_store import JobsStore
+
+log = logging.getLogger(__name__)
+
+TITLE = "Review: least confident first"
+FILTERS: dict[str, Any] = {
+    "conjunction": "and",
+    "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+}
+ORDERING = ["tasks:predictions_score"]
+
+
+def review_tab_data(title: str = TITLE) -> dict[str, Any]:
+    """The view's `data`: tasks without annotations, lowest prediction score first."""
+    return {"title": title, "filters": FILTERS, "ordering": list(ORDERING)}
+
+
+def find_view(client: Any, project_id: int, title: str = TITLE) -> int | None:
+    """The id of the project's first Data Manager view with this title, or None."""
+    for view in client.views.list(project=int(project_id)):
+        raw = as_dict(view)
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        if data.get("title") == title:
+            return int(raw["id"])
+    return None
+
+
+def create_view(client: Any, project_id: int, title: str = TITLE) -> int:
+    view = client.views.create(project=int(project_id), data=review_tab_data(title))
+    return int(as_dict(view)["id"])
+
+
+def ensure_review_tab(client: Any, project_id: str, store: JobsStore, title: str = TITLE) -> int | None:
+    """The tab's view id, created at most once; None when another process is creating it now.
+    Raises ApiError / httpx.HTTPError (the claim is given up, so a later /setup tries again)."""
+    known = store.review_tab(project_id)
+    if known is not None and known[0] is not None:
+        return known[0]
+    if not store.claim_review_tab(project_id):
+        return None
+    try:
+        view_id = find_view(client, int(project_id), title)
+        if view_id is None:
+            view_id = create_view(client, int(project_id), title)
+            log.info("project %s: Data Manager tab %r created (view %d)", project_id, title, view_id)
+    except BaseException:
+        store.record_review_tab(project_id, None)
+        raise
+    store.record_review_tab(project_id, view_id)
+    return view_id
+
+
+class ReviewTabs:
+    """Creates the review tab of a project in the background, once; `credentials(project_id) -> (url,
+    token)` raises when the project has none (then nothing happens until a later /setup)."""
+
+    def __init__(self, store: JobsStore, credentials: Callable[[str], tuple[str, str]], title: str = TITLE) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.title = title
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-tab")
+        self._lock = threading.Lock()
+        self._done: set[str] = set()  # projects whose tab this process saw recorded
+        self._pending: set[str] = set()
+
+    def request(self, project_id: str) -> bool:
+        """Schedule the tab's creation unless this process knows it exists or is on it; True if scheduled."""
+        with self._lock:
+            if project_id in self._done or project_id in self._pending:
+                return False
+            self._pending.add(project_id)
+        try:
+            self._pool.submit(self.run, project_id)
+        except RuntimeError:  # shutting down
+            with self._lock:
+                self._pending.discard(project_id)
+            return False
+        return True
+
+    def run(self, project_id: str) -> int | None:
+        try:
+            try:
+                url, token = self.credentials(project_id)
+            except Exception as exc:  # noqa: BLE001 - no credentials: nothing to create the tab with
+                log.info("project %s: no review tab yet (%s)", project_id, type(exc).__name__)
+                return None
+            view_id = ensure_review_tab(client_for(url, token, 15.0), project_id, self.store, self.title)
+            if view_id is not None:
+                with self._lock:
+                    self._done.add(project_id)
+            return view_id
+        except (ApiError, httpx.HTTPError, ValueError, SQLAlchemyError) as exc:
+            status = getattr(exc, "status_code", None)
+            log.warning("project %s: could not create the review tab (%s%s)", project_id, type(exc).__name__,
+                        f" HTTP {status}" if status else "")
+            return None
+        finally:
+            with self._lock:
+                self._pending.discard(project_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
