@@ -126,6 +126,10 @@ class JobsStore:
         with write(self.engine) as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(total=int(total), updated_at=self.clock()))
 
+    def set_status(self, job_id: int, status: str) -> None:
+        with write(self.engine) as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=status, updated_at=self.clock()))
+
     def beat(self, job_id: int) -> None:
         with write(self.engine) as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=self.clock()))
@@ -258,3 +262,30 @@ def _job(row: Any) -> Job:
         created_at=float(row.created_at), updated_at=float(row.updated_at),
         finished_at=float(row.finished_at) if row.finished_at is not None else None, detail=row.detail,
     )
+
+
+def job_gauges(store: JobsStore, per_project: int = 200) -> str:
+    """Prometheus text: lsllm_jobs{project,kind,status} (jobs among each project's latest `per_project`),
+    lsllm_job_tasks{project,job,kind,state} for unfinished jobs, lsllm_job_cost_usd{project,job,kind} for
+    unfinished jobs, and lsllm_refresh_cost_usd_today."""
+    counts: dict[tuple[str, str, str], int] = {}
+    active: list[Job] = []
+    for job in store.list(None, limit=per_project * 20):
+        key = (job.project_id, job.kind, job.status)
+        counts[key] = counts.get(key, 0) + 1
+        if job.status in ACTIVE:
+            active.append(job)
+    lines = ["# HELP lsllm_jobs Pushed retrieves and refreshes by project, kind and status",
+             "# TYPE lsllm_jobs gauge"]
+    lines += [f'lsllm_jobs{{project="{p}",kind="{k}",status="{s}"}} {n}' for (p, k, s), n in sorted(counts.items())]
+    lines += ["# HELP lsllm_job_tasks Tasks of unfinished jobs by state", "# TYPE lsllm_job_tasks gauge"]
+    for job in active:
+        for state in ("queued", "running", "done", "failed", "skipped"):
+            lines.append(f'lsllm_job_tasks{{project="{job.project_id}",job="{job.id}",kind="{job.kind}",'
+                         f'state="{state}"}} {getattr(job, state)}')
+    lines += ["# HELP lsllm_job_cost_usd Cost so far of unfinished jobs (USD)", "# TYPE lsllm_job_cost_usd gauge"]
+    lines += [f'lsllm_job_cost_usd{{project="{job.project_id}",job="{job.id}",kind="{job.kind}"}} {job.cost_usd:.6f}'
+              for job in active]
+    lines += ["# HELP lsllm_refresh_cost_usd_today USD spent by refreshes since 00:00 UTC",
+              "# TYPE lsllm_refresh_cost_usd_today gauge", f"lsllm_refresh_cost_usd_today {store.cost_today():.6f}"]
+    return "\n".join(lines) + "\n"
