@@ -333,7 +333,7 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     def list_examples(project: str) -> Any:
         try:
             project_id = normalise_project_id(project)
-            page = max(1, int(request.args.get("page", 1)))
+            page = min(10**9, max(1, int(request.args.get("page", 1))))  # a huge page overflowed SQLite (500)
             size = min(1000, max(1, int(request.args.get("page_size", 100))))
         except ValueError as exc:
             return _error(400, str(exc))

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.labelstudio.push import PushDelivery
 from backend.labelstudio.review_tab import ReviewTabs
 from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller, check_secret
-from backend.learning.intake import BadEvent, intake
+from backend.learning.intake import HANDLED, BadEvent, intake
 from backend.learning.learner import EventWorker
 from backend.learning.refresh import Refresher
 from backend.learning.resync import ResyncError, credentials
@@ -237,7 +237,9 @@ class LLMBackendModel:
         `basic_auth` (the request's credentials were right) is False."""
         accepted = intake({**data, "action": event})
         if accepted is None:
-            self.metrics.webhook_events.labels(event, "ignored").inc()
+            # any string can arrive here: a metric label per unknown action would grow without bound, and
+            # a lone surrogate in one made every later /metrics answer 500
+            self.metrics.webhook_events.labels(event if event in HANDLED else "other", "ignored").inc()
             return {"status": "ignored", "action": event}
         expected = self.expected_webhook_secret(accepted.project_id)
         if expected is not None and not check_secret(expected, secret):
