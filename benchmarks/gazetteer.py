@@ -101,7 +101,8 @@ def cmd_llm(args: argparse.Namespace) -> None:
 
     config, pool, test = load(datasets_dir(args.datasets), args.dataset, args.train)
     tmp = Path(tempfile.mkdtemp(prefix="lsllm-gaz-"))
-    base = Settings.model_validate({"data_dir": tmp, "llm_cache": False, "llm_timeout": args.timeout})
+    base = Settings.model_validate({"data_dir": tmp, "llm_cache": False, "llm_timeout": args.timeout,
+                                    "local_n_threads": args.threads})
     engine = make_engine(base.resolved_database_url())
     migrate(engine)
     store = ExampleStore(engine)
@@ -117,22 +118,26 @@ def cmd_llm(args: argparse.Namespace) -> None:
         stored = conn.execute(select(func.count()).select_from(examples_table)).scalar_one()
     print(f"{stored} reviewed examples stored in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     book = GazetteerBook(sync_limit=10**9) if args.mode == "hint" else None
+    gaz_book = GazetteerBook(sync_limit=10**9)
     selector = Selector(store, base.few_shot_k, base.few_shot_token_budget, gazetteers=book)
     server = LocalModelServer(base)
     settings = settings_for_local(base, server.start())
     metrics = Metrics()
     predictor = Predictor(settings, LLMClient(settings), metrics, context=selector.context)
     plan = predictor.plan(config)
-    out = open(args.out, "w", encoding="utf-8")
+    done = set()
+    if Path(args.out).exists():  # resume: tasks already answered are kept, not asked again
+        done = {json.loads(line)["ref_id"] for line in open(args.out, encoding="utf-8") if line.strip()}
+    out = open(args.out, "a", encoding="utf-8")
     try:
         started = time.perf_counter()
         for n, t in enumerate(test[: args.n_test]):
+            if t["data"].get("ref_id") in done:
+                continue
             task = {"id": n, "data": t["data"]}
             texts = {"text": t["data"]["text"]}
             context = selector.context("p1", plan.spec, texts) if book is not None else None
             if context is None:  # off: the gazetteer is still built (offline, not in the prompt) for combine
-                if n == 0:
-                    gaz_book = GazetteerBook(sync_limit=10**9)
                 rows = [e.example for e in selector.index("p1").entries.values()]
                 candidates = gaz_book.candidates("p1", plan.spec, selector.index("p1").seq, rows, texts)
             else:
@@ -235,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     llm.add_argument("--mode", choices=["off", "hint"], default="off")
     llm.add_argument("--out", required=True)
     llm.add_argument("--timeout", type=float, default=300.0, help="LLM_TIMEOUT for this run (shared cores)")
+    llm.add_argument("--threads", type=int, default=1,
+                     help="LOCAL_N_THREADS (1: on oversubscribed shared cores, 2 threads wait on each other)")
     combine = sub.add_parser("combine")
     combine.add_argument("files", nargs="+")
     args = parser.parse_args(argv)

@@ -270,3 +270,35 @@ def test_cascade_answers_with_valid_regions_at_exact_offsets(make_app, provider)
     assert 'lsllm_spans_total{source="gazetteer"} 3.0' in metrics
     assert 'lsllm_spans_total{source="llm"} 1.0' in metrics
     assert json.loads(provider.requests[-1]["messages"][-2]["content"])  # a few-shot answer precedes the task
+
+
+def test_large_example_sets_build_in_the_background_and_tasks_use_the_previous_gazetteer() -> None:
+    import time
+
+    from backend.learning.gazetteer_book import GazetteerBook
+    from backend.store.example_store import StoredExample
+
+    def rows(n: int, surface: str) -> list[StoredExample]:
+        text = f"{surface} said so ."
+        return [StoredExample(i, i, {"text": text}, [span(text, surface, "ORG")], ["ORG"], None, None, 0.0,
+                              "live", i) for i in range(n)]
+
+    spec = build_task_spec(NER)
+    book = GazetteerBook(min_examples=2, sync_limit=3)
+
+    def wait_for(seq: int, examples: list[StoredExample], text: str) -> list[str]:
+        for _ in range(200):
+            found = [c.text for c in book.candidates("p", spec, seq, examples, {"text": text}) if c.label]
+            if found != ["Reuters"]:  # the new example set's gazetteer has replaced the old one
+                return found
+            time.sleep(0.01)
+        return []
+
+    assert book.candidates("p", spec, 1, rows(1, "Reuters"), {"text": "Reuters"}) == ()  # below min_examples
+    small = rows(3, "Reuters")
+    assert [c.text for c in book.candidates("p", spec, 1, small, {"text": "Reuters and Bayer"}) if c.label] == [
+        "Reuters"]  # small: built on the caller's thread
+    large = rows(10, "Bayer")
+    first = [c.text for c in book.candidates("p", spec, 2, large, {"text": "Reuters and Bayer"}) if c.label]
+    assert first in (["Reuters"], ["Bayer"])  # the previous gazetteer while the next one builds (or done)
+    assert wait_for(2, large, "Reuters and Bayer") == ["Bayer"]
