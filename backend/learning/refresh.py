@@ -163,6 +163,7 @@ class Refresher:
         self.source = source or SdkTaskSource()
         self.clock = clock
         self.owner = process_owner()
+        self.push_retries = 2  # a failed import/predictions is tried again this many times
         self._seen: dict[str, tuple[str, float]] = {}  # project -> (version, first seen by this process)
         self._told: set[tuple[str, str, str]] = set()  # (project, version, why) logged once
         self._stop = threading.Event()
@@ -350,14 +351,15 @@ class Refresher:
             llm_calls=calls,
         )
 
-    def _send(self, url: str, token: str, project_id: str, items: list[dict[str, Any]], retries: int = 2) -> bool:
+    def _send(self, url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> bool:
         if not items:
             return True
-        for attempt in range(retries + 1):
+        for attempt in range(self.push_retries + 1):
             try:
                 self.sender(url, token, project_id, items)
                 return True
             except Exception as exc:  # noqa: BLE001 - any transport or API error: retry, then count failed
                 log.warning("refresh: push to Label Studio failed (attempt %d): %s", attempt + 1, type(exc).__name__)
-                time.sleep(0.5 * 2**attempt)
+                if attempt < self.push_retries:
+                    time.sleep(0.5 * 2**attempt)
         return False
