@@ -133,6 +133,27 @@ class PushDelivery:
         """Drop claims (public: the refresh shares these claims)."""
         self._release(project_id, version, task_ids)
 
+    def tag(self, project_id: str, version: str, task_ids: Sequence[int], status: str) -> None:
+        """Give queued claims another status (a refresh tags its own, so that whoever takes the refresh
+        over from a dead process can release exactly them: `release_tagged`)."""
+        if not task_ids:
+            return
+        with write(self.engine) as conn:
+            conn.execute(
+                update(push_jobs)
+                .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
+                            push_jobs.c.status == "queued", push_jobs.c.task_id.in_(list(task_ids))))
+                .values(status=status, updated_at=time.time())
+            )
+
+    def release_tagged(self, project_id: str, version: str, status: str) -> int:
+        """Drop every claim of the version with this status; returns how many."""
+        with write(self.engine) as conn:
+            return conn.execute(
+                delete(push_jobs).where(and_(push_jobs.c.project_id == project_id,
+                                             push_jobs.c.model_version == version, push_jobs.c.status == status))
+            ).rowcount
+
     def mark_pushed(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """Record claims as pushed (public: the refresh shares these claims)."""
         self._mark_pushed(project_id, version, task_ids)

@@ -129,6 +129,11 @@ def refresh_candidates(tasks: Sequence[Mapping[str, Any]], version: str, limit: 
     return [c[2] for c in chosen[:max(0, limit)]]
 
 
+def claim_tag(job_id: int) -> str:
+    """The push_jobs status of the claims a refresh job holds while it predicts them."""
+    return f"refresh:{job_id}"
+
+
 class Refresher:
     """Polls the store for projects whose model_version moved, and refreshes them (one thread per
     process; the store's claims keep replicas from doing the same work twice)."""
@@ -226,7 +231,9 @@ class Refresher:
             job_id = self.jobs.take_over(key, self.owner)
             if job_id is None:
                 return None  # running elsewhere, or finished
-            log.info("project %s: resuming refresh job %d of a stopped process", project_id, job_id)
+            released = self.push.release_tagged(project_id, version, claim_tag(job_id))
+            log.info("project %s: resuming refresh job %d of a stopped process (%d claims it left released)",
+                     project_id, job_id, released)
         else:
             last = self.jobs.last_started(project_id, "refresh")
             if last is not None and now - last < self.limits.min_interval_seconds:
@@ -318,6 +325,7 @@ class Refresher:
     ) -> None:
         claimed = self.push.claim(project_id, version, [t["id"] for t in batch])
         mine = [t for t in batch if t["id"] in claimed]
+        self.push.tag(project_id, version, [t["id"] for t in mine], claim_tag(job_id))
         if len(mine) < len(batch):
             self.jobs.add(job_id, skipped=len(batch) - len(mine))  # in flight or pushed by a retrieve
         if not mine:
