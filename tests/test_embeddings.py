@@ -78,7 +78,7 @@ def test_embeddings_choose_the_examples(make_app, provider) -> None:
     task = "my automobile will not start"
     provider.embed = topical
     provider.responder = lambda body: json_answer({"sentiment": "negative"})
-    lexical = make_app(few_shot_k=1, selection_refresh_seconds=0)
+    lexical = make_app(few_shot_k=1, selection_refresh_seconds=0, selection_similarity="lexical")
     post_examples(lexical, SENT, reviewed)
     predict(lexical, SENT, 1, task)
     assert shots(provider.requests[-1]) == [reviewed[1][1]]  # word overlap: "will", "not"
@@ -202,7 +202,7 @@ def test_label_shortlist_uses_embeddings(make_app, provider) -> None:
 
     provider.embed = embed
     provider.responder = lambda body: json_answer({"intent": listed(body)[0]})
-    predict(make_app(), banking, 1, task)
+    predict(make_app(selection_similarity="lexical"), banking, 1, task)
     lexical = listed(provider.requests[-1])
     predict(make_app(embeddings_model="emb-1"), banking, 2, task)
     semantic = listed(provider.requests[-1])
