@@ -55,7 +55,8 @@ def predict(client, cfg: str, tasks: list[dict]) -> list:
 
 def test_prompt_and_schema_of_a_77_label_config_hold_exactly_the_shortlist(make_app, provider, banking) -> None:
     text = "I ordered my card two weeks ago and it still has not arrived"
-    app = make_app()  # defaults: LABEL_SHORTLIST_THRESHOLD=40, LABEL_SHORTLIST_SIZE=20
+    # defaults: LABEL_SHORTLIST_THRESHOLD=40, LABEL_SHORTLIST_SIZE=20; the labels' words, not their embeddings
+    app = make_app(selection_similarity="lexical")
     provider.responder = lambda body: json_answer({"intent": "card_arrival"})
     [item] = predict(app.test_client(), banking, [{"id": 1, "data": {"text": text}}])
     body = provider.requests[-1]
@@ -127,7 +128,7 @@ def test_answered_label_is_always_in_the_config_and_the_shortlist(make_app, prov
 def test_knn_vote_puts_the_gold_label_of_a_near_duplicate_in_the_shortlist(make_app, provider, banking) -> None:
     text = "The shop said they gave my money back but I cannot see it anywhere"
     gold = "Refund_not_showing_up"
-    app = make_app(selection_refresh_seconds=0)
+    app = make_app(selection_refresh_seconds=0, selection_similarity="lexical")  # embeddings bring it without votes
     client = app.test_client()
     provider.responder = lambda body: json_answer({"intent": listed(body)[0]})
     predict(client, banking, [{"id": 1, "data": {"text": text}}])
