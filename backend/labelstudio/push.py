@@ -219,6 +219,18 @@ class PushDelivery:
         except SQLAlchemyError:
             log.error("push: store unavailable while ending job %s", job_id)
 
+    def _beat(self, job_id: int | None, last: float) -> float:
+        """The job's heartbeat, at most once a second (a job without one for JOB_STALE_SECONDS is
+        taken for the job of a dead process); returns the time of the last beat."""
+        now = time.monotonic()
+        if self.jobs is None or job_id is None or now - last < 1.0:
+            return last
+        try:
+            self.jobs.beat(job_id)
+        except SQLAlchemyError:
+            pass
+        return now
+
     def _cancelled(self, job_id: int | None) -> bool:
         if self.jobs is None or job_id is None:
             return False
@@ -246,6 +258,7 @@ class PushDelivery:
         items: list[dict[str, Any]] = []
         settled: set[int] = set()  # released here, or handed to the pusher (which marks or releases)
         status, detail = "done", None
+        beat = time.monotonic()
         if self.jobs is not None and job_id is not None:
             try:
                 self.jobs.set_status(job_id, "running")
@@ -260,6 +273,7 @@ class PushDelivery:
                     break
                 self._count(job_id, running=len(chunk))
                 for task, result in self.predictor.predict_stream(plan, chunk, version, project_id):
+                    beat = self._beat(job_id, beat)
                     task_id = int(task["id"])
                     if not result.item:
                         self._release(project_id, version, [task_id])  # asked again next retrieve

@@ -332,8 +332,12 @@ class Refresher:
             return
         self.jobs.add(job_id, running=len(mine))
         items, failed, cost, calls = [], [], 0.0, 0
+        beat = time.monotonic()
         try:
             for task, result in self.predictor.predict_stream(plan, mine, version, project_id):
+                if time.monotonic() - beat >= 1.0:  # alive: not taken for a dead process's job
+                    self.jobs.beat(job_id)
+                    beat = time.monotonic()
                 if not result.cached and not result.student and result.reason != "bad_task":
                     calls += 1
                     cost += self.prices.cost(plan.model, result.prompt_tokens, result.completion_tokens) or 0.0
