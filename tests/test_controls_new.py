@@ -439,3 +439,12 @@ def test_any_answer_gives_only_valid_regions(name: str, data: st.DataObject) -> 
     # a result made from the answer is an example in the answer's own form, or none at all
     back = result_to_answer(spec, prediction.result)
     assert back == {} or set(back) == {c.name for c in spec.controls}
+
+
+def test_a_spec_with_attributes_and_per_region_controls_survives_json() -> None:
+    """The Batch API keeps each request's spec in a JSON state file (backend.runs.batch_api)."""
+    from backend.runs.batch_api import controls_from_json, controls_to_json
+
+    for name in NEW_CONFIGS:
+        controls = build_task_spec(config(name)).controls
+        assert controls_from_json(json.loads(json.dumps(controls_to_json(controls)))) == controls
