@@ -214,6 +214,9 @@ def test_hint_puts_the_students_labels_first_in_the_shortlist(make_app: Any, pro
     predict(app.test_client(), "forgot my password please reset credentials", MANY_CONFIG, 920)
     assert len(provider.requests) == before + 1  # hint: the LLM always decides
     assert asked and "password" in asked[-1] and len(asked[-1]) == 2, asked
+    spec = build_task_spec(MANY_CONFIG)
+    lead = model_of(app).predictor.pipeline.student.lead("7", spec, "forgot my password please reset credentials")
+    assert lead(spec.controls[0]) == ["password"]  # the student's top label is what leads
 
 
 def test_trainer_debounces_a_burst_into_one_training_of_the_newest_version() -> None:
@@ -287,7 +290,7 @@ def test_students_leave_multi_control_and_multiple_choice_configs_to_the_llm() -
 
 def test_prelabel_counts_student_answers_and_calls_saved(make_app: Any, provider: Any) -> None:
     from backend.llm.pricing import PriceTable
-    from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
+    from backend.runs.prelabel import Prelabeler, PrelabelOptions, RunTarget
 
     provider.responder = lambda body: json_answer({"sentiment": "neutral"})
     app = trained_app(make_app, provider)
@@ -306,3 +309,20 @@ def test_prelabel_counts_student_answers_and_calls_saved(make_app: Any, provider
     assert stats.student_answers >= 1 and stats.student_answers + stats.llm_answers == 6
     assert stats.llm_calls == calls == stats.llm_answers  # student answers made no call and count none
     assert f"{stats.student_answers} LLM calls saved" in stats.summary()
+
+
+def test_the_students_labels_lead_the_shortlist_over_votes_and_similarity() -> None:
+    from backend.learning.selection import Candidates, Entry, ShortlistPolicy, choose_for_task
+    from backend.store.example_store import StoredExample
+
+    spec = build_task_spec(MANY_CONFIG)
+    result = [{"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["login"]}}]
+    entries = {1: Entry(StoredExample(1, 1, {"text": "x"}, result, ["login"], None, None, 0.0, "live", 1),
+                        frozenset({"x"}), 1.0)}
+    similarity = {"billing": 0.9, "refund": 0.8}
+    candidates = Candidates([(1.0, 1)], lambda a, b: 0.0, lambda control: similarity)
+    policy = ShortlistPolicy(threshold=3, size=2)
+    plain, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy)
+    assert plain.controls[0].display_labels() == ["billing", "login"]  # the vote, then similarity
+    led, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy, lambda control: ["upgrade", "password"])
+    assert led.controls[0].display_labels() == ["password", "upgrade"]  # the student's two, in config order
