@@ -221,3 +221,46 @@ def test_bulk_predictions_to_annotations_are_no_reviews(make_app) -> None:
     send(client, app, review(2, 12, "negative", "neutral", 0.4, updated=T0 + 5, action="ANNOTATION_UPDATED"))
     overall = quality(client)["overall"]
     assert (overall["reviews"], overall["accepted"]) == (1, 0)
+
+
+def test_prediction_fetch_backs_off_after_a_failure_and_caches_answers(tmp_path) -> None:
+    """An unreachable Label Studio costs one timeout per project and minute, not one per event (the
+    worker would otherwise hold its leased events past the lease); a read prediction is asked once."""
+    from conftest import make_settings
+
+    from backend.learning.prediction_fetch import make_prediction_fetch
+    from backend.store.db import make_engine, migrate
+    from backend.store.project_store import ProjectStore
+
+    settings = make_settings(tmp_path, "http://127.0.0.1:9", label_studio_url="http://ls.invalid",
+                             label_studio_api_key="ls-key-123")
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    migrate(engine)
+    now = [0.0]
+    calls: list[tuple[str, str, int]] = []
+    down = [True]
+
+    class Predictions:
+        def __init__(self, url: str, token: str) -> None:
+            self.url, self.token = url, token
+
+        def get(self, id: int) -> dict[str, Any]:  # noqa: A002 - the SDK's keyword
+            calls.append((self.url, self.token, id))
+            if down[0]:
+                raise ConnectionError("refused")
+            return {"id": id, "result": [choice("positive")], "score": 0.7, "model_version": "v", "task": 3}
+
+    class Client:
+        def __init__(self, url: str, token: str, timeout: float) -> None:
+            self.predictions = Predictions(url, token)
+
+    fetch = make_prediction_fetch(settings, ProjectStore(engine), backoff=60.0, client_factory=Client,
+                                  clock=lambda: now[0])
+    assert fetch("7", 1) is None and len(calls) == 1
+    down[0] = False
+    assert fetch("7", 2) is None and len(calls) == 1  # within the backoff: not asked
+    now[0] = 61.0
+    answer = fetch("7", 2)
+    assert answer == {"id": 2, "result": [choice("positive")], "score": 0.7, "model_version": "v"}
+    assert calls == [("http://ls.invalid", "ls-key-123", 1), ("http://ls.invalid", "ls-key-123", 2)]
+    assert fetch("7", 2) == answer and len(calls) == 2  # cached

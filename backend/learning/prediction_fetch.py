@@ -10,6 +10,7 @@ opens its write transaction, with the credentials the resync uses.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -26,26 +27,39 @@ PredictionFetch = Callable[[str, int], "dict[str, Any] | None"]
 
 
 def make_prediction_fetch(
-    settings: Settings, projects: ProjectStore, timeout: float = 10.0, keep: int = 256
+    settings: Settings,
+    projects: ProjectStore,
+    timeout: float = 5.0,
+    keep: int = 256,
+    backoff: float = 60.0,
+    client_factory: Callable[[str, str, float], Any] = client_for,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PredictionFetch:
     """A fetcher that asks Label Studio and remembers the last `keep` answers (a prediction does not
-    change; an annotation's updates and re-deliveries ask for the same one)."""
+    change; an annotation's updates and re-deliveries ask for the same one). After a failure it does
+    not ask again for that project for `backoff` seconds: with Label Studio unreachable, a timeout per
+    event would hold the worker past its events' lease (30 s) and let another worker apply them too."""
     cache: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+    failed_until: dict[str, float] = {}
 
     def fetch(project_id: str, prediction_id: int) -> dict[str, Any] | None:
         key = (project_id, prediction_id)
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
+        if clock() < failed_until.get(project_id, float("-inf")):
+            return None
         try:
             url, token = credentials(settings, projects, project_id)
-            raw = as_dict(client_for(url, token, timeout).predictions.get(id=prediction_id))
+            raw = as_dict(client_factory(url, token, timeout).predictions.get(id=prediction_id))
         except ResyncError as exc:
+            failed_until[project_id] = clock() + backoff
             log.warning("live agreement: prediction %s not read: %s", prediction_id, exc)
             return None
         except Exception as exc:  # noqa: BLE001 - network or API error: this review goes unscored
-            log.warning("live agreement: prediction %s of project %s not read (%s)",
-                        prediction_id, project_id, type(exc).__name__)
+            failed_until[project_id] = clock() + backoff
+            log.warning("live agreement: prediction %s of project %s not read (%s); not asking again for %.0f s",
+                        prediction_id, project_id, type(exc).__name__, backoff)
             return None
         found = prediction_fields(raw)
         if found is not None:
