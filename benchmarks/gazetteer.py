@@ -184,8 +184,11 @@ def cmd_combine(args: argparse.Namespace) -> None:
     """The gazetteer is rebuilt from the same reviewed examples as the run (its train count), so the
     combination can be re-measured offline from one LLM run."""
     policies = {
-        "union": CascadePolicy(trust=0.0, drop_plain=False),
-        f"cascade (trust {CascadePolicy().trust}, plain words dropped)": CascadePolicy(),
+        "union": CascadePolicy(trust=0.0, drop_plain=False, llm_min=0.0),
+        "cascade, every LLM span (llm_min 0)": CascadePolicy(llm_min=0.0),
+        "cascade, llm_min 0.6": CascadePolicy(llm_min=0.6),
+        "cascade, llm_min 0.8": CascadePolicy(llm_min=0.8),
+        f"cascade (default: trust {CascadePolicy().trust}, llm_min {CascadePolicy().llm_min})": CascadePolicy(),
         "cascade, LLM spans kept on plain words": CascadePolicy(drop_plain=False),
         "cascade, trust 0.7": CascadePolicy(trust=0.7),
     }

@@ -13,7 +13,7 @@ from webhook_payloads import annotation_event, deleted_event, project, span
 from backend.learning.gazetteer import GazetteerPolicy, build_gazetteer, isotonic, token_spans
 from backend.learning.span_cascade import CascadePolicy, SpanCascade, combine_spans
 from converters.task_spec import build_task_spec
-from prompts import SpanCandidate
+from prompts import PromptRenderer, SpanCandidate
 
 NER = config("ner")
 CONTROL = build_task_spec(NER).controls[0]
@@ -121,9 +121,9 @@ def llm_region(text: str, surface: str, label: str, score: float = 0.6) -> dict[
 
 
 def test_combination_keeps_exact_offsets_and_lets_a_reliable_gazetteer_span_win() -> None:
-    text = "Bank of America hired Ann Lee in Paris ."
-    regions = [llm_region(text, "America", "LOC"), llm_region(text, "Ann Lee", "PER"),
-               llm_region(text, "Paris", "PER")]
+    text = "Bank of America hired Ann Lee in Paris on Monday ."
+    regions = [llm_region(text, "America", "LOC"), llm_region(text, "Ann Lee", "PER", 0.9),
+               llm_region(text, "Paris", "PER"), llm_region(text, "Monday", "MISC", 0.4)]  # unsure: dropped
     candidates = [SpanCandidate("label", 0, 15, "Bank of America", "ORG", 0.9),
                   SpanCandidate("label", 33, 38, "Paris", "LOC", 0.8),
                   SpanCandidate("label", 22, 25, "Ann", "PER", 0.2)]  # unreliable: the LLM's span stays
@@ -177,6 +177,11 @@ def reuters_events(start: int = 0, repeat: int = 2) -> list[dict[str, Any]]:
     return events
 
 
+def bare(text: str) -> str:
+    """The task's user message with no candidates, as the renderer writes it (whatever the template)."""
+    return PromptRenderer().user(build_task_spec(NER), {"text": text})
+
+
 def hint_block(provider: Any) -> str | None:
     content = provider.requests[-1]["messages"][-1]["content"]
     return content.split(HEADER, 1)[1] if HEADER in content else None
@@ -193,7 +198,7 @@ def test_hint_mode_learns_from_webhooks_and_forgets_on_update_and_delete(make_ap
     feed(client, app, reuters_events())
     plain_only = "It was wrong again ."  # no known entity, only plain words: no block, same prompt
     predict(client, plain_only)
-    assert provider.requests[-1]["messages"][-1]["content"] == plain_only
+    assert provider.requests[-1]["messages"][-1]["content"] == bare(plain_only)
     predict(client, task)
     block = hint_block(provider)
     assert block is not None, provider.requests[-1]["messages"][-1]
@@ -214,7 +219,7 @@ def test_hint_mode_learns_from_webhooks_and_forgets_on_update_and_delete(make_ap
     feed(client, app, [deleted_event(NER, [100 + i for i in range(2 * len(REUTERS))])])
     predict(client, task)
     assert hint_block(provider) is None
-    assert provider.requests[-1]["messages"][-1]["content"] == task
+    assert provider.requests[-1]["messages"][-1]["content"] == bare(task)
 
 
 def test_deleted_tasks_and_config_changes_rebuild(make_app, provider) -> None:
@@ -262,7 +267,7 @@ def test_cascade_answers_with_valid_regions_at_exact_offsets(make_app, provider)
         {"text": "Ann Lee", "label": "PER"}, {"text": "Bonn", "label": "ORG"}, {"text": "again", "label": "MISC"}]})
     result = predict(client, task)
     # the cascade's LLM call is the plain one (what was measured); its spans are combined afterwards
-    assert provider.requests[-1]["messages"][-1]["content"] == task
+    assert provider.requests[-1]["messages"][-1]["content"] == bare(task)
     assert_valid(NER, {"text": task}, result)
     got = sorted((r["value"]["start"], r["value"]["text"], r["value"]["labels"][0]) for r in result["result"])
     assert got == [(0, "Reuters", "ORG"), (15, "Ann Lee", "PER"), (26, "Bonn", "LOC"), (33, "Reuters", "ORG")]

@@ -4,8 +4,9 @@ Measured on CoNLL-2003 with the embedded model (benchmarks/gazetteer.py): the ga
 where it knows a surface and silent elsewhere; the small LLM finds entities the gazetteer has never
 seen but misplaces labels and boundaries. So the combination is the union, where a reliable gazetteer
 span (its calibrated probability at least `trust`) replaces every LLM span it overlaps, and an LLM span
-is kept where the gazetteer says nothing, unless it is made only of plain words (words reviewers left
-unlabelled every time they met them).
+is kept where the gazetteer says nothing when it is confident (its label probability at least
+`llm_min`; unscored spans, with no logprobs, are kept) and not made only of plain words (words
+reviewers left unlabelled every time they met them).
 
 Every region keeps exact offsets: gazetteer spans are substrings of the task's text by construction,
 LLM regions come aligned from the pipeline, and the pipeline validates everything afterwards anyway.
@@ -29,6 +30,7 @@ from prompts import SpanCandidate
 class CascadePolicy:
     trust: float = 0.5  # a gazetteer span at least this probable replaces the LLM spans it overlaps
     drop_plain: bool = True  # drop LLM spans made only of words reviewers never labelled
+    llm_min: float = 0.7  # an LLM span the gazetteer does not cover needs this label probability (when scored)
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -70,6 +72,9 @@ def combine_spans(
             continue
         if policy.drop_plain and any(s <= span[0] and span[1] <= e for s, e in plain):
             continue  # only words reviewers never labelled
+        score = region.get("score")
+        if isinstance(score, (int, float)) and score < policy.llm_min:
+            continue  # an unsure LLM span costs more precision than it adds recall
         out.append(dict(region))
     if control is None:
         control = ControlSpec(
