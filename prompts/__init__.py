@@ -8,6 +8,7 @@ is always the last message.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -55,6 +56,24 @@ class TaskContext:
     candidates: Sequence[SpanCandidate] = ()
 
 
+# Task and example texts are untrusted: between these markers they are data to label, never instructions
+# (the system prompt says so). A marker written inside a text is escaped, so a text cannot close its block.
+DATA_OPEN, DATA_CLOSE = "<task_data>", "</task_data>"
+_MARKER = re.compile(r"<(/?)(task_data\s*)>", re.IGNORECASE)
+
+
+def mark_data(text: str) -> str:
+    """A text as a data block: the markers around it, any marker inside it escaped (`&lt;task_data>`)."""
+    return f"{DATA_OPEN}\n{_MARKER.sub(lambda m: '&lt;' + m.group(1) + m.group(2) + '>', text)}\n{DATA_CLOSE}"
+
+
+def unmark_data(content: str) -> str:
+    """A rendered message with its data markers taken out and escapes undone (the text as it was); for
+    tests and tools that look at prompts."""
+    out = content.replace(f"{DATA_OPEN}\n", "").replace(f"\n{DATA_CLOSE}", "")
+    return re.sub(r"&lt;(/?)(task_data\s*)>", r"<\1\2>", out, flags=re.IGNORECASE)
+
+
 class PromptRenderer:
     """Renders chat messages from one template version; the version is part of model_version."""
 
@@ -69,6 +88,7 @@ class PromptRenderer:
             keep_trailing_newline=False,
             undefined=jinja2.StrictUndefined,
         )
+        self._env.filters["data"] = mark_data
         try:
             self._system = self._env.get_template(f"annotate.{version}.system.jinja")
             self._user = self._env.get_template(f"annotate.{version}.user.jinja")

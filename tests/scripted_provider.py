@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 from scripted_batches import BatchEmulator
 
+from prompts import unmark_data
+
 
 @dataclass
 class Reply:
@@ -75,13 +77,14 @@ _ITEM = re.compile(r"\[item (\d+)\]\n(.*?)(?=\n\n\[item \d+\]|\Z)", re.S)
 
 def group_items(text: str) -> list[tuple[int, str]]:
     """The numbered task texts of a grouped request (prompts' group template), [] for a single task."""
-    return [(int(n), t.strip()) for n, t in _ITEM.findall(text)]
+    return [(int(n), unmark_data(t.strip())) for n, t in _ITEM.findall(text)]
 
 
 def last_user_text(body: dict[str, Any]) -> str:
+    """The last user message with its data markers taken out (the task's text as it was)."""
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
-            return str(message.get("content") or "")
+            return unmark_data(str(message.get("content") or ""))
     return ""
 
 

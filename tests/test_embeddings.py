@@ -21,6 +21,7 @@ from conftest import DATASETS, config, json_answer
 from scripted_provider import hashed_bag_of_words
 from test_shortlist import listed
 from webhook_payloads import annotation_event, choice
+from prompts import unmark_data  # the texts inside the prompts' data markers
 
 SENT = config("sentiment")
 T0 = 1_790_000_000.0
@@ -44,7 +45,7 @@ def post_examples(app, cfg: str, rows: list[tuple[int, str, str]], from_name: st
 
 
 def shots(body: dict) -> list[str]:
-    return [m["content"] for m in body["messages"][1:-1:2]]
+    return [unmark_data(m["content"]) for m in body["messages"][1:-1:2]]
 
 
 def predict(app, cfg: str, tid: int, text_: str) -> dict:

@@ -11,6 +11,8 @@ import random
 from conftest import config, json_answer
 from webhook_payloads import annotation_event, choice, project, span
 
+from prompts import unmark_data  # the texts inside the prompts' data markers
+
 NER = config("ner")
 SENT = config("sentiment")
 T0 = 1_790_000_000.0
@@ -77,12 +79,13 @@ def test_sentences_without_entities_are_live_examples_shown_with_an_empty_list(m
     assert response.status_code == 200
     messages = provider.requests[-1]["messages"]
     shots = list(zip(messages[1:-1:2], messages[2:-1:2]))
-    assert len(shots) == 4 and messages[-1]["content"] == task
-    empty_shots = [(user["content"], json.loads(reply["content"])) for user, reply in shots
-                   if user["content"] in empty]
+    assert len(shots) == 4 and unmark_data(messages[-1]["content"]) == task
+    empty_shots = [(unmark_data(user["content"]), json.loads(reply["content"])) for user, reply in shots
+                   if unmark_data(user["content"]) in empty]
     assert empty_shots, [user["content"] for user, _ in shots]
     assert all(answer == {"label": []} for _, answer in empty_shots)
-    assert shots[-1][0]["content"] in empty  # the most similar example, right before the task, says "nothing"
+    # the most similar example, right before the task, says "nothing"
+    assert unmark_data(shots[-1][0]["content"]) in empty
 
 
 def test_only_cancelled_is_skipped_and_an_unchosen_single_choice_is_set_aside(make_app, provider) -> None:
@@ -118,5 +121,5 @@ def test_only_cancelled_is_skipped_and_an_unchosen_single_choice_is_set_aside(ma
     provider.responder = lambda body: json_answer({"sentiment": "positive"})
     client.post("/predict", json={"tasks": [{"id": 9, "data": {"text": "the phone is fine"}}], "project": "8.1",
                                   "label_config": SENT})
-    shots = [m["content"] for m in provider.requests[-1]["messages"][1:-1]]
+    shots = [unmark_data(m["content"]) for m in provider.requests[-1]["messages"][1:-1]]
     assert shots == ["the phone is great", '{"sentiment": "positive"}']

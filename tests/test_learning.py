@@ -23,6 +23,7 @@ from webhook_payloads import (
 )
 
 from backend.store.db import SCHEMA_VERSION, make_engine, migrate, schema_version
+from prompts import unmark_data  # the texts inside the prompts' data markers
 
 SENT = config("sentiment")
 NER = config("ner")
@@ -265,8 +266,8 @@ def test_prompt_contains_the_most_similar_reviewed_examples(make_app, provider, 
     )
     assert response.status_code == 200
     messages = provider.requests[-1]["messages"]
-    shots = [m["content"] for m in messages[1:-1]]
-    assert messages[-1]["content"] == "my phone battery is terrible"
+    shots = [unmark_data(m["content"]) for m in messages[1:-1]]
+    assert unmark_data(messages[-1]["content"]) == "my phone battery is terrible"
     user_shots = shots[0::2]
     assert set(user_shots) == {"the battery life of this phone is terrible", "the phone battery died after one hour"}
     assert user_shots[-1] == "the battery life of this phone is terrible"  # most similar right before the task

@@ -84,7 +84,7 @@ def test_predict_ner_and_choices_in_order_with_scores(make_app, provider) -> Non
     assert sent["response_format"]["type"] == "json_schema"
     schema = json.dumps(sent["response_format"]["json_schema"]["schema"])
     assert '"Person"' in schema and '"politics"' in schema
-    assert sent["messages"][-1]["content"] in {t["data"]["text"] for t in tasks}
+    assert last_user_text(sent) in {t["data"]["text"] for t in tasks}
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'lsllm_dropped_entities_total{reason="not_found"} 1.0' in metrics
     assert 'lsllm_dropped_entities_total{reason="unknown_label"} 1.0' in metrics

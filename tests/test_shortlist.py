@@ -19,6 +19,7 @@ from converters.shortlist import Lexicon, knn_votes, rank_labels, shortlist_cont
 from converters.task_spec import build_task_spec
 from scripted_provider import last_user_text
 from webhook_payloads import annotation_event, choice
+from prompts import unmark_data  # the texts inside the prompts' data markers
 
 T0 = 1_790_000_000.0
 
@@ -149,7 +150,7 @@ def test_knn_vote_puts_the_gold_label_of_a_near_duplicate_in_the_shortlist(make_
     body = provider.requests[-1]
     shown = listed(body)
     assert gold in shown and gold in enum(body) and len(shown) == 20
-    shots = [m["content"] for m in body["messages"][1:-1]]
+    shots = [unmark_data(m["content"]) for m in body["messages"][1:-1]]
     assert shots[-2] == reviewed[0][1]  # the near-duplicate sits right before the task
     assert all(json.loads(a)["intent"] in shown for a in shots[1::2])  # examples answer shown labels only
 
