@@ -326,3 +326,25 @@ def test_the_students_labels_lead_the_shortlist_over_votes_and_similarity() -> N
     assert plain.controls[0].display_labels() == ["billing", "login"]  # the vote, then similarity
     led, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy, lambda control: ["upgrade", "password"])
     assert led.controls[0].display_labels() == ["password", "upgrade"]  # the student's two, in config order
+
+
+def test_selection_uses_the_bundled_vectors_by_default_and_a_broken_model_means_lexical() -> None:
+    from backend.learning.selection import LexicalIndex
+    from backend.learning.vector_index import GuardedEmbedder, VectorSource, vector_source
+    from backend.llm.embeddings import EmbeddingsUnavailable
+    from backend.llm.local_embeddings import MODEL_NAME, LocalEmbedder
+
+    class Broken:
+        model = "broken"
+        batch_size = 8
+
+        def embed(self, texts: Any) -> np.ndarray:
+            raise OSError("weights file unreadable")
+
+    assert vector_source("lexical", None, LocalEmbedder(), None) is None
+    default = vector_source("embeddings", None, LocalEmbedder(), None)
+    assert isinstance(default, VectorSource) and default.embedder.model == MODEL_NAME
+    broken = vector_source("embeddings", None, Broken(), None)
+    assert isinstance(broken, VectorSource) and isinstance(broken.embedder, GuardedEmbedder)
+    with pytest.raises(EmbeddingsUnavailable):  # the selector's cue to fall back to lexical for the task
+        broken.candidates("7", LexicalIndex(), "some text", 4)
