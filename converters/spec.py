@@ -54,7 +54,7 @@ class TaskSpec:
     controls: tuple[ControlSpec, ...]
     objects: tuple[tuple[str, str], ...]  # (object name, data key) of every text object used
     instructions: str = ""
-    skipped: tuple[str, ...] = ()  # control tags present but not predicted (e.g. TextArea)
+    skipped: tuple[str, ...] = ()  # control tags present but not predicted (e.g. PolygonLabels)
     config_hash: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
