@@ -264,3 +264,21 @@ def test_prediction_fetch_backs_off_after_a_failure_and_caches_answers(tmp_path)
     assert answer == {"id": 2, "result": [choice("positive")], "score": 0.7, "model_version": "v"}
     assert calls == [("http://ls.invalid", "ls-key-123", 1), ("http://ls.invalid", "ls-key-123", 2)]
     assert fetch("7", 2) == answer and len(calls) == 2  # cached
+
+
+def test_choice_scores_follow_the_eval_conventions() -> None:
+    """The one-pass counting gives exactly what lsllm eval's classification_scores gives."""
+    import random
+
+    from backend.learning.agreement import choice_scores
+    from backend.runs.scoring import classification_scores
+
+    rng = random.Random(3)
+    labels = ["a", "b", "c", "d"]
+    for _ in range(50):
+        n = rng.randint(1, 30)
+        gold = [rng.choice(labels) for _ in range(n)]
+        guess = [rng.choice(labels + [None]) for _ in range(n)]
+        mine, theirs = choice_scores(gold, guess), classification_scores(gold, guess)
+        assert (mine["reviews"], mine["per_label"]) == (theirs.n, theirs.per_label)
+        assert math.isclose(mine["accuracy"], theirs.accuracy) and math.isclose(mine["macro_f1"], theirs.macro_f1)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.runs.scoring import calibration, choice_of, classification_scores, span_scores, spans_of
+from backend.runs.scoring import calibration, choice_of, prf, span_scores, spans_of
 from converters.examples import reviewer_changed
 
 SCORED_TYPES = ("choices", "labels")
@@ -126,9 +126,7 @@ def summarise(outcomes: Sequence[ReviewOutcome]) -> dict[str, Any]:
             pairs = [(p, r) for p, r in pairs if r is not None and r.get("choice") is not None]
             gold = [str(r["choice"]) for _, r in pairs if r is not None]
             guess = [p.get("choice") if p else None for p, _ in pairs]
-            c = classification_scores(gold, guess)
-            controls[name] = {"type": kind, "reviews": c.n, "accuracy": c.accuracy if c.n else None,
-                              "macro_f1": c.macro_f1 if c.n else None, "per_label": c.per_label}
+            controls[name] = {"type": kind, **choice_scores(gold, guess)}
         else:
             gold_spans = [[tuple(s) for s in r["spans"]] for _, r in pairs if r is not None]
             guess_spans = [[tuple(s) for s in p["spans"]] if p else [] for p, _ in pairs]
@@ -144,6 +142,33 @@ def summarise(outcomes: Sequence[ReviewOutcome]) -> dict[str, Any]:
         "controls": controls,
         "calibration": {"scored": cal.n, "ece": cal.ece, "auroc": cal.auroc,
                         "errors_in_lowest_20": cal.errors_in_lowest_20, "bins": cal.bins},
+    }
+
+
+def choice_scores(gold: Sequence[str], guess: Sequence[str | None]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-label P/R/F1 of `guess` against `gold`, with the conventions of
+    backend.runs.scoring.classification_scores (unanswered = wrong, labels seen in either) in one pass:
+    that one walks all reviews once per label, 1.0 s of a 3,000-review /quality with 77 labels."""
+    counts: dict[str, Counter[str]] = {}
+    correct = 0
+    for g, p in zip(gold, guess, strict=True):
+        counts.setdefault(g, Counter())
+        if p is not None:
+            counts.setdefault(p, Counter())
+        if g == p:
+            correct += 1
+            counts[g]["tp"] += 1
+        else:
+            counts[g]["fn"] += 1
+            if p is not None:
+                counts[p]["fp"] += 1
+    per_label = {label: prf(c["tp"], c["fp"], c["fn"]) for label, c in sorted(counts.items())}
+    n = len(gold)
+    return {
+        "reviews": n,
+        "accuracy": correct / n if n else None,
+        "macro_f1": sum(s["f1"] for s in per_label.values()) / len(per_label) if per_label else None,
+        "per_label": per_label,
     }
 
 
