@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from backend.learning.gazetteer import Gazetteer, GazetteerPolicy, build_gazetteer
 from backend.store.example_store import StoredExample
+from converters.controls import handler_for
+from converters.controls.labels import LabelsHandler
 from converters.spec import ControlSpec, TaskSpec
 from prompts import SpanCandidate
 
@@ -34,8 +36,8 @@ class _Built:
 
 
 def span_controls(spec: TaskSpec) -> list[ControlSpec]:
-    """The controls a gazetteer serves: span labels on text."""
-    return [c for c in spec.controls if c.kind == "labels"]
+    """The controls a gazetteer serves: those of the named-span handler (`<Labels>` on text)."""
+    return [c for c in spec.controls if isinstance(handler_for(c), LabelsHandler)]
 
 
 class GazetteerBook:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.learning.gazetteer_book import GazetteerBook
+from backend.learning.gazetteer_book import GazetteerBook, span_controls
 from backend.metrics import Metrics
 from backend.settings import Settings
 from converters.controls.base import region_id
@@ -55,7 +55,7 @@ def combine_spans(
     regions: Sequence[Mapping[str, Any]],
     candidates: Sequence[SpanCandidate],
     policy: CascadePolicy,
-    control: ControlSpec | None = None,
+    control: ControlSpec,
 ) -> list[dict[str, Any]]:
     """One control's regions: reliable gazetteer spans, plus the LLM's spans that overlap none of them.
 
@@ -76,11 +76,6 @@ def combine_spans(
         if isinstance(score, (int, float)) and score < policy.llm_min:
             continue  # an unsure LLM span costs more precision than it adds recall
         out.append(dict(region))
-    if control is None:
-        control = ControlSpec(
-            name=str(regions[0]["from_name"]) if regions else (candidates[0].control if candidates else "label"),
-            kind="labels", to_name=str(regions[0]["to_name"]) if regions else "text", data_key="text", labels=(),
-        )
     out += [candidate_region(control, c) for c in trusted]
     out.sort(key=lambda r: (r["value"]["start"], r["value"]["end"]))
     return out
@@ -104,10 +99,10 @@ class SpanCascade:
         candidates: Sequence[SpanCandidate],
     ) -> list[dict[str, Any]]:
         out = list(regions)
-        for control in spec.controls:
+        for control in span_controls(spec):
             mine = [c for c in candidates if c.control == control.name]
             text = data.get(control.data_key)
-            if not mine or control.kind != "labels" or not isinstance(text, str):
+            if not mine or not isinstance(text, str):
                 continue
             own = [r for r in out if r.get("from_name") == control.name]
             if not self.combine:
