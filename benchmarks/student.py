@@ -10,6 +10,8 @@ are several times slower than an idle machine).
 
     .venv/bin/python benchmarks/student.py                       # all four datasets, all reviews
     .venv/bin/python benchmarks/student.py --sets banking77 --points 1000,all
+    .venv/bin/python benchmarks/student.py --direct              # same student, trained in-process from the
+                                                                 # files (no webhooks/store): minutes faster
 
 No LLM is called (STUDENT_MODE=cascade, the provider URL points nowhere): this measures the student
 alone. `lsllm eval` measures the whole backend (student and LLM together).
@@ -35,6 +37,7 @@ from backend.learning.calibration import auroc, expected_calibration_error  # no
 from backend.learning.students import student_controls, task_text  # noqa: E402
 from backend.service.app import build_model  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from converters.task_spec import build_task_spec  # noqa: E402
 
 DATASETS = Path(os.environ.get("LSLLM_DATASETS", Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"))
 SETS = {
@@ -66,6 +69,57 @@ def gold(task: dict[str, Any], control: str) -> str | None:
     return None
 
 
+def measure(name: str, upto: int, student: Any, texts: list[str], truth: np.ndarray, embed: Any,
+            extra: dict[str, Any]) -> dict[str, Any]:
+    """The student's figures on the test texts, as one JSON-able row."""
+    probs = student.proba(embed(texts))
+    labels = np.array(student.classes)[probs.argmax(axis=1)]
+    p_top = probs.max(axis=1)
+    right = labels == truth
+    score = student.top(p_top)
+    cascade = p_top >= student.threshold
+    area = auroc(score, right)
+    row = {
+        "set": name, "reviewed": upto, "accuracy": round(float(right.mean()), 3),
+        "auroc": None if area is None else round(area, 3),
+        "ece": round(expected_calibration_error(score, right), 3),
+        "ece_raw_prob": round(expected_calibration_error(p_top, right), 3),
+        "cascade_share": round(float(cascade.mean()), 3),
+        "cascade_accuracy": round(float(right[cascade].mean()), 3) if cascade.any() else None,
+        "threshold": round(student.threshold, 3), "trainer_seconds": student.stats.get("seconds"),
+        "cv": student.stats.get("cv"), **extra, "load_average": round(os.getloadavg()[0], 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def run_direct(name: str, points: list[int | None], seed: int) -> list[dict[str, Any]]:
+    """The same student, trained in-process from the dataset files (no webhooks, no store)."""
+    from backend.learning.student import train_student
+    from backend.llm.local_embeddings import LocalEmbedder
+
+    config_file, train_file, test_file = SETS[name]
+    plan_spec = build_task_spec((DATASETS / config_file).read_text())
+    control = student_controls(plan_spec)[0]
+    train = json.loads((DATASETS / train_file).read_text())
+    test = json.loads((DATASETS / test_file).read_text())
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    embedder = LocalEmbedder()
+    texts = [task_text(plan_spec, t["data"]) or "" for t in test]
+    truth = np.array([gold(t, control.name) for t in test])
+    out = []
+    for n_point in points:
+        upto = len(order) if n_point is None else min(n_point, len(order))
+        rows = [train[i] for i in order[:upto]]
+        began = time.perf_counter()
+        student = train_student(embedder.embed([task_text(plan_spec, r["data"]) or "" for r in rows]),
+                                [gold(r, control.name) or "" for r in rows])
+        seconds = round(time.perf_counter() - began, 1)
+        out.append(measure(name, upto, student, texts, truth, embedder.embed, {"embed_and_train_seconds": seconds}))
+    return out
+
+
 def run_set(name: str, points: list[int | None], seed: int) -> list[dict[str, Any]]:
     config_file, train_file, test_file = SETS[name]
     config = (DATASETS / config_file).read_text()
@@ -94,7 +148,6 @@ def run_set(name: str, points: list[int | None], seed: int) -> list[dict[str, An
                 fed = upto
                 model.worker.drain(timeout=3600)
                 feed_seconds = time.perf_counter() - began
-                load = os.getloadavg()[0]
                 version = model.projects.examples_version("1")
                 students._known.clear()
                 began = time.perf_counter()
@@ -106,25 +159,8 @@ def run_set(name: str, points: list[int | None], seed: int) -> list[dict[str, An
                 assert student is not None and student.version == version, "no student trained"
                 texts = [task_text(plan.spec, t["data"]) or "" for t in test]
                 truth = np.array([gold(t, control.name) for t in test])
-                probs = student.proba(model.predictor.pipeline.student.embedder.embed(texts))
-                top = probs.argmax(axis=1)
-                labels = np.array(student.classes)[top]
-                p_top = probs.max(axis=1)
-                right = labels == truth
-                score = student.top(p_top)
-                cascade = p_top >= student.threshold
-                row = {
-                    "set": name, "reviewed": upto, "accuracy": round(float(right.mean()), 3),
-                    "auroc": None if auroc(score, right) is None else round(float(auroc(score, right) or 0), 3),
-                    "ece": round(expected_calibration_error(score, right), 3),
-                    "ece_raw_prob": round(expected_calibration_error(p_top, right), 3),
-                    "cascade_share": round(float(cascade.mean()), 3),
-                    "cascade_accuracy": round(float(right[cascade].mean()), 3) if cascade.any() else None,
-                    "threshold": round(student.threshold, 3), "train_seconds": round(train_seconds, 1),
-                    "trainer_seconds": student.stats.get("seconds"), "feed_seconds": round(feed_seconds, 1),
-                    "cv": student.stats.get("cv"), "load_average": round(load, 1),
-                }
-                print(json.dumps(row), flush=True)
+                row = measure(name, upto, student, texts, truth, students.embedder.embed,
+                              {"train_seconds": round(train_seconds, 1), "feed_seconds": round(feed_seconds, 1)})
                 out.append(row)
         finally:
             model.close()
@@ -137,10 +173,11 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS))
     parser.add_argument("--points", default="all", help="reviewed examples, e.g. 1000,all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--direct", action="store_true", help="train in-process from the files (no webhooks)")
     args = parser.parse_args()
     points: list[int | None] = [None if p == "all" else int(p) for p in args.points.split(",")]
     for name in args.sets.split(","):
-        run_set(name.strip(), points, args.seed)
+        (run_direct if args.direct else run_set)(name.strip(), points, args.seed)
 
 
 if __name__ == "__main__":
