@@ -9,6 +9,7 @@ import base64
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -257,3 +258,36 @@ def test_review_tabs_without_credentials_does_nothing(tmp_path) -> None:
     assert tabs.run("7") is None
     assert store.review_tab("7") is None
     tabs.close()
+
+
+class FakeProjects:
+    def __init__(self, model_version: str) -> None:
+        self.model_version = model_version
+        self.updates: list[str] = []
+
+    def get(self, id: int) -> dict[str, Any]:
+        return {"id": id, "model_version": self.model_version}
+
+    def update(self, id: int, model_version: str) -> None:
+        self.updates.append(model_version)
+        self.model_version = model_version
+
+
+class FakeMl:
+    def list(self, project: int) -> list[dict[str, Any]]:
+        return [{"id": 1, "title": "lsllm"}]
+
+
+@pytest.mark.parametrize(("current", "moved"), [
+    ("lsllm", True),  # the backend's title, as Label Studio sets it on connecting: no prediction carries it
+    ("", True),
+    ("lsllm-v1-scripted-e0", True),  # an earlier version of this backend
+    ("lsllm-v1-scripted-e3", False),  # already the pushed one
+    ("my-offline-model-2", False),  # a user's choice of other predictions stays
+])
+def test_the_projects_model_version_follows_the_pushed_predictions(current: str, moved: bool) -> None:
+    from backend.labelstudio.review_tab import follow_version
+
+    client = SimpleNamespace(projects=FakeProjects(current), ml=FakeMl())
+    assert follow_version(client, 7, "lsllm-v1-scripted-e3") is moved
+    assert client.projects.updates == (["lsllm-v1-scripted-e3"] if moved else [])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -87,6 +87,7 @@ class PushDelivery:
         self.retries = retries
         self.max_push = max_push
         self.jobs = jobs  # job accounting (None: runs are not listed)
+        self.on_pushed: Callable[[str, str], None] | None = None  # (project, version) after a run pushed some
         self.owner = process_owner()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-predict")
         self.undelivered: list[int] = []  # task ids given up on in this process, for reports
@@ -299,6 +300,11 @@ class PushDelivery:
                 self._release_quietly(project_id, version, left)
                 self._count(job_id, skipped=len(left))
             self._finish(job_id, status, detail)
+            if self.on_pushed is not None and len(settled) > 0:
+                try:
+                    self.on_pushed(project_id, version)
+                except Exception:  # noqa: BLE001 - a hook must not break the delivery
+                    log.exception("push: the after-push hook failed")
 
     def _release_quietly(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """_release on a failure path: a store outage there leaves the claims to expire (stale_seconds)."""

@@ -81,6 +81,27 @@ def ensure_review_tab(client: Any, project_id: str, store: JobsStore, title: str
     return view_id
 
 
+def follow_version(client: Any, project_id: int, version: str) -> bool:
+    """Point the project's model_version at `version` (the predictions just pushed) when it is the backend's
+    (empty, an ML backend's title, or an earlier lsllm- version), never over a version a user chose for
+    other predictions; True when changed.
+
+    Why: Label Studio 1.23 computes a task's `predictions_score` (the tab's ordering) over the predictions
+    of the project's model_version only, and connecting an ML backend sets that to the backend's *title*,
+    which no stored prediction carries: every score is then empty and the tab is in id order (measured)."""
+    project = as_dict(client.projects.get(id=int(project_id)))
+    current = str(project.get("model_version") or "")
+    if current == version:
+        return False
+    titles = {str(as_dict(b).get("title") or "") for b in client.ml.list(project=int(project_id))}
+    if current and current not in titles and not current.startswith("lsllm-"):
+        return False
+    client.projects.update(id=int(project_id), model_version=version)
+    log.info("project %s: model_version %r -> %r (the review tab orders by its scores)", project_id, current,
+             version)
+    return True
+
+
 class ReviewTabs:
     """Creates the review tab of a project in the background, once; `credentials(project_id) -> (url,
     token)` raises when the project has none (then nothing happens until a later /setup)."""
@@ -128,6 +149,21 @@ class ReviewTabs:
         finally:
             with self._lock:
                 self._pending.discard(project_id)
+
+    def follow(self, project_id: str, version: str) -> None:
+        """After predictions of `version` were pushed: make it the project's model_version (follow_version),
+        in the background."""
+        try:
+            self._pool.submit(self._follow, project_id, version)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _follow(self, project_id: str, version: str) -> None:
+        try:
+            url, token = self.credentials(project_id)
+            follow_version(client_for(url, token, 15.0), int(project_id), version)
+        except Exception as exc:  # noqa: BLE001 - no credentials, or Label Studio unreachable: the tab stays as is
+            log.warning("project %s: model_version not moved to %s (%s)", project_id, version, type(exc).__name__)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

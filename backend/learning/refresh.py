@@ -169,6 +169,7 @@ class Refresher:
         self.clock = clock
         self.owner = process_owner()
         self.push_retries = 2  # a failed import/predictions is tried again this many times
+        self.on_pushed: Callable[[str, str], None] | None = None  # (project, version) after a refresh pushed some
         self._seen: dict[str, tuple[str, float]] = {}  # project -> (version, first seen by this process)
         self._told: set[tuple[str, str, str]] = set()  # (project, version, why) logged once
         self._stop = threading.Event()
@@ -285,6 +286,13 @@ class Refresher:
             self.jobs.finish(job_id, status, detail)
         except SQLAlchemyError:
             log.error("refresh: store unavailable when ending job %d; it goes stale and is resumed", job_id)
+        if self.on_pushed is not None:
+            try:
+                job = self.jobs.get(job_id)
+                if job is not None and job.done > 0:
+                    self.on_pushed(project_id, version)
+            except Exception:  # noqa: BLE001 - a hook must not end the poller
+                log.exception("refresh: the after-push hook failed")
         return status
 
     def _run(

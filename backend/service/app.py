@@ -121,6 +121,10 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     model = LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
                             webhooks=webhooks, jobs=jobs, review_tabs=tabs)
     model.refresher = build_refresher(settings, model, engine, push)
+    if settings.review_tab == "on":  # the tab orders by the scores of the project's model_version: keep it ours
+        push.on_pushed = tabs.follow
+        if model.refresher is not None:
+            model.refresher.on_pushed = tabs.follow
     return model
 
 
