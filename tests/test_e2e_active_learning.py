@@ -87,6 +87,10 @@ def tab_tasks(ls: LabelStudio, project: int, view: int) -> list[dict[str, Any]]:
     return body["tasks"] if isinstance(body, dict) else body
 
 
+def project_version(ls: LabelStudio, project: int) -> str:
+    return str(ls.api("GET", f"/api/projects/{project}").json().get("model_version") or "")
+
+
 def annotate(ls: LabelStudio, task: dict[str, Any], label: str) -> None:
     result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
     body = {"result": result, "lead_time": 3.0, "parent_prediction": task["predictions"][-1]["id"]}
@@ -128,6 +132,9 @@ def test_review_tab_refresh_and_jobs(label_studio, backend) -> None:
     tasks = wait_for(lambda: (lambda t: t if all(x["predictions"] for x in t) else None)(
         tasks_of(label_studio, project)), 20, 0.3)
     assert tasks, "the pushed predictions did not reach Label Studio"
+    # Label Studio scores tasks over the predictions of the project's model_version only; connecting the
+    # backend set it to the backend's title: the backend points it at the version it pushed
+    assert wait_for(lambda: project_version(label_studio, project) == first_version, 30, 0.3)
 
     # Label Studio applies the tab's filter and ordering: un-annotated tasks, lowest score first
     in_tab = tab_tasks(label_studio, project, tab["id"])
@@ -166,5 +173,6 @@ def test_review_tab_refresh_and_jobs(label_studio, backend) -> None:
             assert new_version not in versions
         else:
             assert versions[new_version] == 1 and versions[first_version] == 1
+    assert wait_for(lambda: project_version(label_studio, project) == new_version, 30, 0.3)
     metrics = httpx.get(f"{backend.url}/metrics", timeout=10).text
     assert f'lsllm_jobs{{project="{project}",kind="refresh",status="done"}} 1' in metrics
