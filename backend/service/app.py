@@ -87,13 +87,14 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     embeddings = embeddings_config(settings, llm_base_url)
     local_embedder = LocalEmbedder()  # bundled WordLlama: selection without EMBEDDINGS_MODEL, and the students
     students = build_students(settings, examples, projects, local_embedder, metrics)
+    vectors = vector_source(settings.selection_similarity, embeddings, local_embedder, EmbeddingStore(engine))
     selector = Selector(
         examples,
         settings.few_shot_k,
         settings.few_shot_token_budget,
         settings.selection_refresh_seconds,
         ShortlistPolicy(settings.label_shortlist_threshold, settings.label_shortlist_size),
-        vector_source(settings.selection_similarity, embeddings, local_embedder, EmbeddingStore(engine)),
+        vectors,
         gazetteers=gazetteer_book(settings),
         lead=students.lead if students is not None else None,
     )
@@ -121,6 +122,10 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     model = LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
                             webhooks=webhooks, jobs=jobs, review_tabs=tabs)
     model.refresher = build_refresher(settings, model, engine, push)
+    # the model is the one owner: close() stops these too, after the work that uses them
+    embedder_close = getattr(getattr(vectors, "embedder", None), "close", None)
+    model.closers = [c for c in (students.close if students is not None else None, embedder_close,
+                                 local_embedder.close, engine.dispose) if c is not None]
     if settings.review_tab == "on":  # the tab orders by the scores of the project's model_version: keep it ours
         push.on_pushed = tabs.follow
         if model.refresher is not None:

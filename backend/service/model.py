@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -72,6 +72,7 @@ class LLMBackendModel:
         self.jobs = jobs  # pushed retrieves and refreshes (None: not recorded)
         self.review_tabs = review_tabs  # creates each project's review tab once (None: never)
         self.refresher = refresher  # refreshes predictions when a project's version moves (None: never)
+        self.closers: list[Callable[[], None]] = []  # closed last by close(), in order
         self._store_outage = False  # a /predict read failed and none has succeeded since (logged once)
         self._store_failures = 0
 
@@ -88,6 +89,11 @@ class LLMBackendModel:
             self.review_tabs.close()
         if self.refresher is not None:
             self.refresher.stop()
+        for close in self.closers:  # what the composition root made for them: students, embedders, the engine
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - one failed close must not keep the rest open
+                log.warning("closing %s failed: %s", getattr(close, "__qualname__", close), type(exc).__name__)
 
     def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str:
         model = plan.model if plan is not None else self.settings.llm_model
