@@ -414,3 +414,19 @@ def test_an_injected_text_reviewed_in_label_studio_is_stored_as_an_example_shown
     assert shot["role"] == "user" and shot["content"].startswith("<task_data>\n")
     assert unmark(shot["content"]) == INJECTION  # inside the data markers of a few-shot turn
     assert json.loads(messages[2]["content"]) == {"sentiment": "neutral"}  # answered with its reviewed label
+
+
+def test_without_the_cryptography_package_no_token_is_stored_at_all(tmp_path: Path, monkeypatch) -> None:
+    from backend.store.secrets import SecretsError
+
+    def unavailable(self: Secrets) -> None:
+        raise SecretsError("no cryptography")
+
+    monkeypatch.setattr(Secrets, "_cipher", unavailable)
+    engine = make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    migrate(engine)
+    store = ProjectStore(engine, secrets=Secrets(b"k" * 32))
+    assert store.save("7", SENTIMENT, {}, "http://ls.example", TOKEN).access_token is None
+    store._cache.clear()
+    assert store.get("7").access_token is None
+    assert TOKEN.encode() not in b"".join(p.read_bytes() for p in tmp_path.iterdir())

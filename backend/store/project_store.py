@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -87,7 +87,12 @@ class ProjectStore:
             if info.access_token != (current.access_token if current else None) or (
                 stored_token and not self.secrets.is_encrypted(stored_token)
             ):
-                values["access_token"] = self.secrets.encrypt(info.access_token)
+                try:
+                    values["access_token"] = self.secrets.encrypt(info.access_token)
+                except SecretsError as exc:  # never clear text: without encryption, no token at all
+                    log.error("project %s: the Label Studio token is not stored: %s", project_id, exc)
+                    values["access_token"] = None
+                    info = replace(info, access_token=None)
             if info.webhook_auth != (current.webhook_auth if current else None):
                 values["webhook_auth"] = info.webhook_auth
             upsert_project(conn, project_id, values)
