@@ -186,7 +186,7 @@ def cmd_combine(args: argparse.Namespace) -> None:
     policies = {
         "union": CascadePolicy(trust=0.0, drop_plain=False, llm_min=0.0),
         "cascade, every LLM span (llm_min 0)": CascadePolicy(llm_min=0.0),
-        "cascade, llm_min 0.6": CascadePolicy(llm_min=0.6),
+        "cascade, llm_min 0.7": CascadePolicy(llm_min=0.7),
         "cascade, llm_min 0.8": CascadePolicy(llm_min=0.8),
         f"cascade (default: trust {CascadePolicy().trust}, llm_min {CascadePolicy().llm_min})": CascadePolicy(),
         "cascade, LLM spans kept on plain words": CascadePolicy(drop_plain=False),

@@ -30,7 +30,7 @@ from prompts import SpanCandidate
 class CascadePolicy:
     trust: float = 0.5  # a gazetteer span at least this probable replaces the LLM spans it overlaps
     drop_plain: bool = True  # drop LLM spans made only of words reviewers never labelled
-    llm_min: float = 0.7  # an LLM span the gazetteer does not cover needs this label probability (when scored)
+    llm_min: float = 0.6  # an LLM span the gazetteer does not cover needs this label probability (when scored)
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
