@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from backend.settings import Settings
 
@@ -206,9 +207,9 @@ def _prices(settings: Settings, command: str) -> Any:
 def cmd_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from backend.service.app import build_model
     from backend.labelstudio.api import import_predictions, iter_task_pages
-    from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
+    from backend.runs.prelabel import Prelabeler, PrelabelOptions, RunTarget
+    from backend.service.app import build_model
 
     if args.batch and not settings.llm_base_url:
         print("lsllm prelabel: --batch needs a provider with OpenAI's Batch API (set LLM_BASE_URL)", file=sys.stderr)
@@ -286,9 +287,9 @@ def _run_batches(args: argparse.Namespace, ready: Settings, target: Any, bar: An
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     import random
 
-    from backend.service.app import build_model
     from backend.labelstudio.api import iter_task_pages
     from backend.runs.planning import estimate
+    from backend.service.app import build_model
 
     prices = _prices(settings, "plan")
     if prices is None:
@@ -491,7 +492,9 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--extra", help="extra_params as JSON (instructions, label_descriptions, model)")
     pred.add_argument("--concurrency", type=int, help="override LLM_MAX_CONCURRENCY")
     pred.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
-    pred.add_argument("--tasks-per-call", type=int, help="classification tasks per LLM call (default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
+    pred.add_argument("--tasks-per-call", type=int,
+                      help="classification tasks per LLM call "
+                      "(default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
     pred.add_argument("--deadline", type=float, default=24 * 3600.0, help="seconds for the whole file")
     pred.set_defaults(func=cmd_predict)
     pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and push the predictions")
@@ -504,7 +507,9 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--max-failures", type=int, default=20, help="stop after this many provider failures in a row")
     pre.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
     pre.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
-    pre.add_argument("--tasks-per-call", type=int, help="classification tasks per LLM call (default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
+    pre.add_argument("--tasks-per-call", type=int,
+                     help="classification tasks per LLM call "
+                     "(default LLM_TASKS_PER_CALL; <Choices>-only configs, no scores)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     pre.add_argument("--batch", action="store_true", help="use OpenAI's Batch API: half the price, within 24 h; "
                      "re-run to collect batches an interrupted run left running")

@@ -48,9 +48,9 @@ def main() -> None:
     try:
         with ThreadPoolExecutor(args.threads) as pool:
             for name, send in senders.items():
-                list(pool.map(lambda _: send(), range(args.threads * 2)))  # connections open, warm
+                list(pool.map(lambda _, send=send: send(), range(args.threads * 2)))  # connections open, warm
                 cpu, wall = time.process_time(), time.perf_counter()
-                list(pool.map(lambda _: send(), range(args.n)))
+                list(pool.map(lambda _, send=send: send(), range(args.n)))
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 print(f"{name:24s} {1000 * cpu / args.n:.2f} ms CPU per call ({args.n} calls, "
                       f"{args.threads} threads, {wall:.1f} s)", flush=True)

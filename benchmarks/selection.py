@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.store.example_store import StoredExample  # noqa: E402
 from backend.learning.selection import LexicalIndex, select_examples  # noqa: E402
+from backend.store.example_store import StoredExample  # noqa: E402
 from converters.task_spec import build_task_spec  # noqa: E402
 
 SOURCES = [

@@ -24,13 +24,12 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.store.example_store import StoredExample  # noqa: E402
 from backend.learning.selection import (  # noqa: E402
     LexicalIndex,
     ShortlistPolicy,
@@ -38,6 +37,7 @@ from backend.learning.selection import (  # noqa: E402
     entry_to_example,
     lexical_candidates,
 )
+from backend.store.example_store import StoredExample  # noqa: E402
 from converters.output_schema import output_json_schema  # noqa: E402
 from converters.shortlist import Lexicon  # noqa: E402
 from converters.task_spec import build_task_spec  # noqa: E402
@@ -97,8 +97,8 @@ def main() -> None:
     renderer = PromptRenderer("v1")
     source = None
     if args.embeddings_model:
-        from backend.llm.embeddings import Embedder, EmbeddingsConfig
         from backend.learning.vector_index import VectorSource
+        from backend.llm.embeddings import Embedder, EmbeddingsConfig
 
         config = EmbeddingsConfig(args.embeddings_model, args.embeddings_base_url, args.embeddings_api_key, 60.0, 2)
         source = VectorSource(Embedder(config))
@@ -132,7 +132,7 @@ def main() -> None:
                     narrowed, chosen = choose_for_task(index.entries, candidates, spec, FEW_SHOT_K, TOKEN_BUDGET, policy)
                     seconds += time.perf_counter() - started
                     shortlist = {label.value for label in narrowed.controls[0].labels}
-                    assert len(shortlist) == size and shortlist <= {l.value for l in spec.controls[0].labels}
+                    assert len(shortlist) == size and shortlist <= {label.value for label in spec.controls[0].labels}
                     hits += gold(task) in shortlist
                     if gold(task) != "oos":
                         in_scope += 1

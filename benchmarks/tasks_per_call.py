@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.service.app import build_model  # noqa: E402
 from backend.cli import provider  # noqa: E402
+from backend.service.app import build_model  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 
 

@@ -155,7 +155,7 @@ def bench_server(tasks, answers, key, config: Path, args, work: Path) -> dict[st
     label_config = config.read_text(encoding="utf-8")
     results = []
     data_dir = work / "data-server"
-    for run in range(2):
+    for _run in range(2):
         provider = Provider(args.latency, args.cap, answers_file, key)
         port = free_port()
         env = env_for(provider, data_dir, args, PUSH_THRESHOLD="0", PREDICT_DEADLINE="95")

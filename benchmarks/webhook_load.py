@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from webhook_load_harness import run
+from webhook_load_harness import run  # noqa: E402
 
 
 def main() -> None:

@@ -103,7 +103,7 @@ def rank_labels(control: ControlSpec, votes: Scores, similarity: Scores) -> list
     order = {label.value: i for i, label in enumerate(control.labels)}
     return sorted(
         control.labels,
-        key=lambda l: (-votes.get(l.value, 0.0), -similarity.get(l.value, 0.0), order[l.value]),
+        key=lambda label: (-votes.get(label.value, 0.0), -similarity.get(label.value, 0.0), order[label.value]),
     )
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
@@ -113,9 +114,9 @@ def pg_url() -> Iterator[str]:
 
 
 # --- a real Label Studio and this backend under gunicorn, shared by the end-to-end modules ---------
+from e2e_answers import ANSWERS  # noqa: E402
 from labelstudio_harness import LS_VENV, Backend, LabelStudio, cleanup, start_backend, start_label_studio, stop  # noqa: E402
 from scripted_provider import last_user_text  # noqa: E402
-from e2e_answers import ANSWERS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def start_label_studio() -> LabelStudio:
         wait_http(f"{url}/health", timeout=300, proc=proc)
     except Exception:
         stop(proc)
-        raise RuntimeError("Label Studio did not start:\n" + log.read_text(errors="replace")[-3000:])
+        raise RuntimeError("Label Studio did not start:\n" + log.read_text(errors="replace")[-3000:]) from None
     return LabelStudio(url, proc, data, log)
 
 

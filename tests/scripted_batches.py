@@ -12,7 +12,8 @@ import itertools
 import json
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 STAGES = ("validating", "in_progress", "completed")
 

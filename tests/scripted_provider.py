@@ -16,9 +16,10 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from scripted_batches import BatchEmulator
 
@@ -226,7 +227,7 @@ class ScriptedProvider:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "ScriptedProvider":
+    def __enter__(self) -> ScriptedProvider:
         self.start()
         return self
 

@@ -133,7 +133,7 @@ def test_every_emitted_span_is_exact_and_disjoint(sample: tuple[str, list], data
     found, dropped = align_mentions(text, mentions)
     assert len(found) + len(dropped) == len(mentions)
     ordered = sorted((s.start, s.end) for s in found)
-    for (s1, e1), (s2, e2) in zip(ordered, ordered[1:]):
+    for (_s1, e1), (s2, _e2) in zip(ordered, ordered[1:]):
         assert e1 <= s2, "spans overlap"
     for span in found:
         assert text[span.start : span.end] == span.text

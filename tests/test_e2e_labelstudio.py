@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from label_studio_sdk.label_interface import LabelInterface
-
 from conftest import config
+from label_studio_sdk.label_interface import LabelInterface
 from labelstudio_harness import Backend, LabelStudio, cleanup, start_backend, stop
+
 from converters.regions import offset_errors
 from converters.task_spec import build_task_spec
 

@@ -13,11 +13,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import assert_valid, config
 from labelstudio_harness import TOKEN, LabelStudio, free_port
 from scripted_provider import Reply, ScriptedProvider, last_user_text

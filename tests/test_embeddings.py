@@ -11,16 +11,16 @@ import logging
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, select, text
-
-from backend.store.db import SCHEMA_VERSION, examples, make_engine, meta, metadata, migrate, schema_version
-from backend.store.embedding_store import EmbeddingStore, text_hash
-from backend.llm.embeddings import Embedder, EmbeddingsConfig, EmbeddingsUnavailable, embeddings_config
-from backend.settings import Settings
 from conftest import DATASETS, config, json_answer
 from scripted_provider import hashed_bag_of_words
+from sqlalchemy import inspect, select, text
 from test_shortlist import listed
 from webhook_payloads import annotation_event, choice
+
+from backend.llm.embeddings import Embedder, EmbeddingsConfig, EmbeddingsUnavailable, embeddings_config
+from backend.settings import Settings
+from backend.store.db import SCHEMA_VERSION, examples, make_engine, meta, metadata, migrate, schema_version
+from backend.store.embedding_store import EmbeddingStore, text_hash
 from prompts import unmark_data  # the texts inside the prompts' data markers
 
 SENT = config("sentiment")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
-from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
-from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
+from scripted_provider import Reply, ScriptedProvider, group_items, last_user_text
+
+from backend.llm.pricing import PriceTable
+from backend.runs.prelabel import Prelabeler, PrelabelOptions, RunTarget
 from converters.group import group_schema, split_group_answer
 from converters.output_schema import output_json_schema
 from converters.task_spec import build_task_spec
-from scripted_provider import Reply, ScriptedProvider, group_items, last_user_text
 
 SENT = config("sentiment")
 NER = config("ner")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.service.app import build_model
 from conftest import make_settings
 from scripted_provider import ScriptedProvider
+
+from backend.service.app import build_model
 
 
 def test_close_closes_the_embedder_the_engine_and_the_trainer(tmp_path: Path, provider: ScriptedProvider) -> None:

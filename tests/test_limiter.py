@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from backend.llm.limiter import AdaptiveLimiter
-from backend.llm.client import CallOptions, LLMClient
 from conftest import make_settings
 from scripted_provider import Reply, ScriptedProvider
+
+from backend.llm.client import CallOptions, LLMClient
+from backend.llm.limiter import AdaptiveLimiter
 
 SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import make_settings
+from scripted_provider import Reply
 
 from backend.llm.client import CallOptions, LLMClient, LLMError
 from backend.settings import ResponseFormat
-from conftest import make_settings
-from scripted_provider import Reply
 
 SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
 MESSAGES = [{"role": "user", "content": "hi"}]

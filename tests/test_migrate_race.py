@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from backend.store.db import SCHEMA_VERSION, make_engine, migrate
 
 
-def _migrate_at(url: str, start_at: float, out: "multiprocessing.Queue[str]") -> None:
+def _migrate_at(url: str, start_at: float, out: multiprocessing.Queue[str]) -> None:
     engine = make_engine(url)
     time.sleep(max(0.0, start_at - time.time()))  # every process starts within the same millisecond
     try:

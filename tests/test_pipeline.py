@@ -3,10 +3,10 @@ never sent; the valid regions of the same task are kept."""
 
 from __future__ import annotations
 
+from conftest import config
 from label_studio_sdk.label_interface import LabelInterface
 
 from backend.predict.pipeline import drop_invalid_regions
-from conftest import config
 from converters.task_spec import build_task_spec
 
 TEXT = "Angela Merkel met Emmanuel Macron in Paris."

@@ -4,8 +4,8 @@ SQLite, plus two apps (two replicas) sharing one database."""
 from __future__ import annotations
 
 import pytest
-
 import test_learning as flows
+
 from backend.store.db import SCHEMA_VERSION, make_engine, migrate
 
 pytestmark = pytest.mark.postgres

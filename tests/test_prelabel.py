@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
-from backend.service.app import build_model
-from backend.runs.prelabel import PrelabelOptions, Prelabeler, RunTarget
-from backend.llm.pricing import PriceTable
 from conftest import assert_valid, config, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
+
+from backend.llm.pricing import PriceTable
+from backend.runs.prelabel import Prelabeler, PrelabelOptions, RunTarget
+from backend.service.app import build_model
 
 SENTIMENT = config("sentiment")
 LABELS = ("positive", "negative", "neutral")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import json
 import subprocess
 import sys
+import time
 
 import pytest
-
-from backend.store.db import make_engine, migrate
-from backend.llm.response_cache import ResponseCache, cache_key
 from conftest import ROOT, config, json_answer
 from scripted_provider import ScriptedProvider
 from webhook_payloads import annotation_event, choice
+
+from backend.llm.response_cache import ResponseCache, cache_key
+from backend.store.db import make_engine, migrate
 
 SENT = config("sentiment")
 

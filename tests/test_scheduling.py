@@ -8,10 +8,10 @@ import threading
 import time
 from typing import Any
 
-from backend.llm.limiter import AdaptiveLimiter
 from conftest import config, json_answer, make_settings
 from scripted_provider import Reply, ScriptedProvider, last_user_text
 
+from backend.llm.limiter import AdaptiveLimiter
 from backend.service.app import build_model
 
 

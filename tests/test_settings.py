@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from backend.llm.local_server import child_environment, settings_for_local
-from backend.store.project_id import normalise_project_id
 from backend.settings import ResponseFormat, Settings
+from backend.store.project_id import normalise_project_id
 
 
 def test_env_names_and_api_key_fallback(monkeypatch) -> None:

@@ -11,14 +11,14 @@ import re
 from dataclasses import replace
 
 import pytest
-
 from conftest import DATASETS, assert_valid, config, json_answer
+from scripted_provider import last_user_text
+from webhook_payloads import annotation_event, choice
+
 from converters.confidence import Token, TokenProbs
 from converters.regions import answer_to_prediction
 from converters.shortlist import Lexicon, knn_votes, rank_labels, shortlist_control, shortlist_spec
 from converters.task_spec import build_task_spec
-from scripted_provider import last_user_text
-from webhook_payloads import annotation_event, choice
 from prompts import unmark_data  # the texts inside the prompts' data markers
 
 T0 = 1_790_000_000.0
@@ -68,7 +68,7 @@ def test_prompt_and_schema_of_a_77_label_config_hold_exactly_the_shortlist(make_
     assert len(all_labels) == 77
     assert shown == expected.controls[0].display_labels()
     assert enum(body) == shown  # the schema cannot answer a label the prompt did not show
-    assert len(shown) == 20 and shown == [l for l in all_labels if l in shown]  # config order
+    assert len(shown) == 20 and shown == [lab for lab in all_labels if lab in shown]  # config order
     assert {"card_arrival", "card_delivery_estimate"} <= set(shown)
     assert item["result"][0]["value"]["choices"] == ["card_arrival"]
     assert_valid(banking, {"text": text}, item)
@@ -103,7 +103,7 @@ def test_answered_label_is_always_in_the_config_and_the_shortlist(make_app, prov
         if strategy == 0:
             answer = shown[len(answered) % len(shown)]
         elif strategy == 1:
-            answer = next(l for l in all_labels if l not in shown)
+            answer = next(lab for lab in all_labels if lab not in shown)
         else:
             answer = "not_a_banking_intent"
         answered[text] = answer
@@ -181,11 +181,11 @@ def test_ranking_is_vote_then_similarity_then_config_order(banking) -> None:
     votes = knn_votes(control, neighbours)
     assert votes == {"age_limit": 1.5, "pin_blocked": 0.5}  # a zero-similarity neighbour has no vote
     similarity = {"exchange_rate": 0.9, "card_linking": 0.9, "pin_blocked": 5.0}
-    ranked = [l.value for l in rank_labels(control, votes, similarity)]
+    ranked = [lab.value for lab in rank_labels(control, votes, similarity)]
     # votes first; equal similarity keeps config order (card_linking is before exchange_rate there)
     assert ranked[:4] == ["age_limit", "pin_blocked", "card_linking", "exchange_rate"]
-    assert ranked[4:] == [l.value for l in control.labels if l.value not in ranked[:4]]
+    assert ranked[4:] == [lab.value for lab in control.labels if lab.value not in ranked[:4]]
     narrowed = shortlist_control(control, votes, similarity, 3)
-    assert [l.value for l in narrowed.labels] == ["card_linking", "age_limit", "pin_blocked"]
+    assert [lab.value for lab in narrowed.labels] == ["card_linking", "age_limit", "pin_blocked"]
     spec = build_task_spec(banking)
     assert shortlist_spec(spec, 77, 3, votes=lambda c: {}, similarity=lambda c: {}) is spec  # 77 is not > 77

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DATASETS, ROOT, assert_valid, config, json_answer
 from scripted_provider import ScriptedProvider, last_user_text
 

@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-
 from conftest import config
 from test_e2e_labelstudio import (
     backend_examples,

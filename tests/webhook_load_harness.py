@@ -158,7 +158,7 @@ def run(
                 body = queue.pop(0)
             if interval:
                 time.sleep(interval)  # open loop: each sender posts at rate/senders per second
-            for attempt in range(20):
+            for _attempt in range(20):
                 try:
                     started = time.perf_counter()
                     conn.request("POST", "/webhook", body, {"Content-Type": "application/json"})

@@ -8,7 +8,8 @@ the end with 404 (measured on 1.23).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 from label_studio_sdk import LabelStudio

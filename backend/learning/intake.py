@@ -7,9 +7,10 @@ emails) and is what the durable event table holds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from backend.store.project_id import normalise_project_id
 
@@ -175,7 +176,8 @@ def intake(body: Mapping[str, Any]) -> Intake | None:
         event["tasks"] = tasks
         event["annotations"] = annotations
     elif action == "ANNOTATIONS_DELETED":
-        event["deleted_annotations"] = [_id(a, "annotations[]") for a in _as_list(body.get("annotations"), "annotations")]
+        listed = _as_list(body.get("annotations"), "annotations")
+        event["deleted_annotations"] = [_id(a, "annotations[]") for a in listed]
     elif action == "TASKS_DELETED":
         event["deleted_tasks"] = [_id(t, "tasks[]") for t in _as_list(body.get("tasks"), "tasks")]
     elif action in ("PROJECT_UPDATED", "START_TRAINING"):

@@ -17,8 +17,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import openai
 from openai import OpenAI
@@ -90,7 +91,7 @@ class LLMClient:
         settings: Settings,
         base_url: str | None = None,
         on_call: Callable[[str, LLMAnswer | None], None] | None = None,
-        cache: "ResponseCache | None" = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.settings = settings
         self.mode = settings.llm_response_format

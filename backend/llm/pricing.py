@@ -10,9 +10,9 @@ its cost is shown as unknown, never as zero. Self-hosted servers cost nothing pe
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 # model -> (input, output) USD per 1M tokens
 BUILT_IN: dict[str, tuple[float, float]] = {
@@ -45,7 +45,7 @@ class PriceTable:
         self.prices = {name: Price(float(i), float(o)) for name, (i, o) in prices.items()}
 
     @classmethod
-    def from_setting(cls, value: str | None) -> "PriceTable":
+    def from_setting(cls, value: str | None) -> PriceTable:
         """The built-in table with LLM_PRICES merged over it; raises ValueError naming the problem."""
         table = dict(BUILT_IN)
         if value:

@@ -25,7 +25,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
@@ -112,7 +113,9 @@ class ResponseCache:
             self._seen_until = max([self._seen_until, *(c for _, c in rows)])
             self._known = known
 
-    def put(self, key: str, content: str, tokens: list[Token] | None, prompt_tokens: int, completion_tokens: int) -> None:
+    def put(
+        self, key: str, content: str, tokens: list[Token] | None, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         answer = {
             "content": content,
             "tokens": [{"text": t.text, "logprob": t.logprob, "alternatives": t.alternatives} for t in tokens]

@@ -7,9 +7,10 @@ shortlist (shortlists repeat across tasks). Callers only read what they get.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 

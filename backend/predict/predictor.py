@@ -9,8 +9,9 @@ three parts lives in its own module and is testable alone:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from backend.llm.client import CallOptions, LLMAnswer, LLMClient
 from backend.metrics import Metrics
@@ -62,7 +63,9 @@ class Predictor:
     ) -> list[dict[str, str]]:
         return self.pipeline.prompt(plan, texts, project_id).messages
 
-    def call_options(self, plan: ProjectPlan, timeout: float | None = None, deadline: float | None = None) -> CallOptions:
+    def call_options(
+        self, plan: ProjectPlan, timeout: float | None = None, deadline: float | None = None
+    ) -> CallOptions:
         return self.pipeline.call_options(plan, timeout, deadline)
 
     def predict_task(
@@ -85,7 +88,7 @@ class Predictor:
     # scheduling
     def submit(
         self, plan: ProjectPlan, unit: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
-    ) -> "Future[list[TaskResult]]":
+    ) -> Future[list[TaskResult]]:
         return self.scheduler.submit(plan, unit, model_version, project_id)
 
     def predict_stream(

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from backend.metrics import Metrics
 from backend.predict.pipeline import TaskPipeline, TaskResult
@@ -37,7 +38,7 @@ class Scheduler:
 
     def submit(
         self, plan: ProjectPlan, unit: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
-    ) -> "Future[list[TaskResult]]":
+    ) -> Future[list[TaskResult]]:
         """One unit on the bulk lane, with no deadline."""
         return self._bulk.submit(self.pipeline.predict_unit, plan, list(unit), model_version, None, project_id)
 

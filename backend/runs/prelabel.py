@@ -17,14 +17,15 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
-from backend.labelstudio.batch_push import BatchPusher, Items, prediction_item
 from backend.labelstudio.api import prediction_versions
-from backend.predict.predictor import Predictor, ProjectPlan, TaskResult
+from backend.labelstudio.batch_push import BatchPusher, Items, prediction_item
 from backend.llm.pricing import PriceTable, format_cost
+from backend.predict.predictor import Predictor, ProjectPlan, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ class RunStats:
             f"model_version {self.model_version}",
             f"  done       {self.pushed:>8}  (predictions stored in Label Studio)",
             f"  skipped    {self.skipped:>8}  (already had a prediction of this version)",
-            f"  failed     {self.failed_total:>8}" + (f"  ({reasons}; a re-run retries them)" if self.failed_total else ""),
+            f"  failed     {self.failed_total:>8}"
+            + (f"  ({reasons}; a re-run retries them)" if self.failed_total else ""),
         ]
         if self.not_pushed:
             lines.append(f"  not pushed {self.not_pushed:>8}  (Label Studio refused the push; a re-run retries them)")

@@ -20,41 +20,41 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from backend.store.db import make_engine, migrate
-from backend.store.embedding_store import EmbeddingStore
-from backend.llm.embeddings import embeddings_config
-from backend.store.example_store import ExampleStore
-from backend.learning.learner import EventWorker, Learner, VersionPolicy
-from backend.llm.client import LLMClient
-from backend.llm.local_status import CRASH_LOOP, read_status
-from backend.metrics import Metrics, local_model_metrics
-from backend.service.model import LLMBackendModel, StoreUnavailable, WebhookRefused
-from backend.predict.predictor import Predictor
-from backend.store.project_id import normalise_project_id
-from backend.store.project_store import ProjectStore
 from backend.labelstudio.push import PushDelivery, sdk_sender
 from backend.labelstudio.review_tab import ReviewTabs
-from backend.learning.refresh import Refresher, RefreshLimits
-from backend.llm.pricing import PriceTable
-from backend.store.jobs_store import JobsStore, job_gauges
-from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER, INSTALLED, WebhookInstaller
-from backend.store.secrets import Secrets
-from backend.llm.response_cache import ResponseCache
-from backend.learning.resync import credentials, make_resync
+from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER
+from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller
 from backend.learning.agreement import headline, quality_report, summarise
+from backend.learning.intake import BadEvent
+from backend.learning.learner import EventWorker, Learner, VersionPolicy
 from backend.learning.prediction_fetch import make_prediction_fetch
-from backend.store.quality_store import QualityStore
+from backend.learning.refresh import Refresher, RefreshLimits
+from backend.learning.resync import credentials, make_resync
 from backend.learning.selection import Selector, ShortlistPolicy
 from backend.learning.span_cascade import gazetteer_book, span_hook
-from backend.settings import Settings
-from backend.learning.vector_index import vector_source
 from backend.learning.students import build_students
+from backend.learning.vector_index import vector_source
+from backend.llm.client import LLMClient
+from backend.llm.embeddings import embeddings_config
 from backend.llm.local_embeddings import LocalEmbedder
-from backend.learning.intake import BadEvent
+from backend.llm.local_status import CRASH_LOOP, read_status
+from backend.llm.pricing import PriceTable
+from backend.llm.response_cache import ResponseCache
+from backend.metrics import Metrics, local_model_metrics
+from backend.predict.predictor import Predictor
+from backend.service.model import LLMBackendModel, StoreUnavailable, WebhookRefused
+from backend.settings import Settings
+from backend.store.db import make_engine, migrate
+from backend.store.embedding_store import EmbeddingStore
+from backend.store.example_store import ExampleStore
+from backend.store.jobs_store import JobsStore, job_gauges
+from backend.store.project_id import normalise_project_id
+from backend.store.project_store import ProjectStore
+from backend.store.quality_store import QualityStore
+from backend.store.secrets import Secrets
 from converters.task_spec import UnsupportedConfig
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -279,7 +280,7 @@ class _SQLiteWriteLock:
         self._path = f"{database}.write-lock" if database and database != ":memory:" else None
         self._fd: int | None = None
 
-    def __enter__(self) -> "_SQLiteWriteLock":
+    def __enter__(self) -> _SQLiteWriteLock:
         self._thread_lock.acquire()
         if self._path is not None:
             try:

@@ -80,7 +80,9 @@ class ControlHandler(Protocol):
         """The lines the system prompt shows for this control, before its label list."""
         ...
 
-    def regions(self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter) -> list[Region]:
+    def regions(
+        self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter
+    ) -> list[Region]:
         """Label Studio regions for the model's answer to this control, each scored from its own
         tokens; what cannot be placed is counted in `dropped` by reason."""
         ...

@@ -30,7 +30,9 @@ class ChoicesHandler:
     kind = "choices"
     tag = "Choices"
     object_tags: tuple[str, ...] = ("Text", "HyperText")
-    answer_aliases: tuple[str, ...] = ("choice", "choices", "label", "labels", "sentiment", "intent", "class", "category")
+    answer_aliases: tuple[str, ...] = (
+        "choice", "choices", "label", "labels", "sentiment", "intent", "class", "category",
+    )
 
     def multiple(self, attrs: Mapping[str, str]) -> bool:
         return attrs.get("choice") == "multiple"
@@ -56,7 +58,9 @@ class ChoicesHandler:
             return (f'Task "{control.name}": choose every label that applies to the text (one or more).',)
         return (f'Task "{control.name}": choose the single label that fits the text best.',)
 
-    def regions(self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter) -> list[Region]:
+    def regions(
+        self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter
+    ) -> list[Region]:
         lookup = label_lookup(control)
         allowed = control.display_labels()
         values = part.value if isinstance(part.value, list) else [part.value]
