@@ -74,7 +74,8 @@ def iter_task_pages(
     """(total, tasks of one page) for every page, in the server's order."""
     page, pages = 1, 1
     while page <= pages:
-        pager = client.tasks.list(project=int(project_id), view=view, fields=fields, page=page, page_size=page_size)
+        pager: Any = client.tasks.list(project=int(project_id), view=view, fields=fields, page=page,
+                                       page_size=page_size)
         total = int(getattr(pager.response, "total", 0) or 0)
         if page == 1:
             pages = max(1, math.ceil(total / page_size))

@@ -50,7 +50,8 @@ def find_view(client: Any, project_id: int, title: str = TITLE) -> int | None:
     """The id of the project's first Data Manager view with this title, or None."""
     for view in client.views.list(project=int(project_id)):
         raw = as_dict(view)
-        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        raw_data = raw.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
         if data.get("title") == title:
             return int(raw["id"])
     return None

@@ -51,7 +51,8 @@ def install_secret_header(url: str, token: str, project_id: int, secret: str, ti
         raw = as_dict(hook)
         if str(raw.get("url") or "").rstrip("/") not in targets:
             continue
-        headers = raw.get("headers") if isinstance(raw.get("headers"), dict) else {}
+        raw_headers = raw.get("headers")
+        headers: dict[str, object] = raw_headers if isinstance(raw_headers, dict) else {}
         if headers.get(HEADER) != secret:
             client.webhooks.update(id=int(raw["id"]), headers={**headers, HEADER: secret})
         found += 1

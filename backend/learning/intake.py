@@ -146,7 +146,8 @@ def intake(body: Mapping[str, Any]) -> Intake | None:
     if action not in HANDLED:
         return None
     project_id = _project_id(body)
-    project = body.get("project") if isinstance(body.get("project"), Mapping) else {}
+    raw_project = body.get("project")
+    project: Mapping[str, Any] = raw_project if isinstance(raw_project, Mapping) else {}
     event: dict[str, Any] = {}
     label_config = project.get("label_config")
     if isinstance(label_config, str) and label_config.strip():

@@ -89,7 +89,7 @@ class SdkTaskSource:
         client = client_for(url, token)
         found = set()
         for task_id in task_ids:
-            task = as_dict(client.tasks.get(id=int(task_id)))
+            task = as_dict(client.tasks.get(id=str(int(task_id))))
             if _has_annotation(task):
                 found.add(int(task_id))
         return found

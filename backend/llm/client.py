@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.llm.limiter import AdaptiveLimiter
@@ -230,7 +230,7 @@ class LLMClient:
             seconds = min(seconds, max(0.0, deadline - time.monotonic()))
         time.sleep(max(0.0, seconds))
 
-    def _step_down(self, exc: openai.APIStatusError, mode: ResponseFormat, logprobs: bool) -> bool:
+    def _step_down(self, exc: APIStatusError, mode: ResponseFormat, logprobs: bool) -> bool:
         with self._lock:
             if logprobs and self.logprobs and _mentions(exc, "logprob", "logits_all"):
                 self.logprobs = False
@@ -250,7 +250,7 @@ class LLMClient:
             # another thread already stepped down: just try again with the new settings
             return mode is not self.mode or logprobs != self.logprobs
 
-    def _fail(self, exc: openai.APIStatusError) -> LLMError:
+    def _fail(self, exc: APIStatusError) -> LLMError:
         status = exc.status_code
         if status in (401, 403):
             kind = "auth"
@@ -367,7 +367,7 @@ def _backoff(attempt: int) -> float:
     return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
+def _retry_after(exc: APIStatusError) -> float | None:
     """The provider's Retry-After (OpenAI also sends retry-after-ms), when it is a number of seconds."""
     headers = exc.response.headers
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):

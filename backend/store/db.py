@@ -207,7 +207,7 @@ def _insert_ignoring(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     return insert(table).on_conflict_do_nothing()
 
 
@@ -305,7 +305,8 @@ def _add_missing_columns(conn: Connection, table: Table) -> None:
         if column.name in present:
             continue
         ddl = column.type.compile(dialect=conn.dialect)
-        default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+        server_default: Any = column.server_default  # a DefaultClause here; typed as its base class
+        default = f" DEFAULT {server_default.arg}" if server_default is not None else ""
         null = "" if column.nullable else " NOT NULL"
         conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}{default}{null}"))
 

@@ -86,7 +86,9 @@ class ExampleStore:
                     received_at=time.time(),
                 )
             )
-            return int(result.inserted_primary_key[0])
+            inserted = result.inserted_primary_key
+            assert inserted is not None
+            return int(inserted[0])
 
     def claim(self, limit: int = 50, lease_seconds: float = 30.0) -> list[PendingEvent]:
         """Lease the oldest unapplied events to this caller; expired leases (a killed worker) return."""

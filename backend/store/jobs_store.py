@@ -90,7 +90,9 @@ class JobsStore:
                 if not insert_ignore(conn, jobs, row):
                     return None
                 return int(conn.execute(select(jobs.c.id).where(jobs.c.claim_key == claim_key)).scalar_one())
-            return int(conn.execute(jobs.insert().values(**row)).inserted_primary_key[0])
+            inserted = conn.execute(jobs.insert().values(**row)).inserted_primary_key
+            assert inserted is not None
+            return int(inserted[0])
 
     def take_over(self, claim_key: str, owner: str) -> int | None:
         """The job of `claim_key` when it is active and its heartbeat is stale (its process died): now

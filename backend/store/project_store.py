@@ -112,6 +112,8 @@ class ProjectStore:
         access_token: str | None,
     ) -> ProjectInfo:
         """What a /setup makes of the stored row: a token belongs to the hostname it came with."""
+        token: str | None
+        host: str | None
         if access_token is not None:
             token, host = access_token, hostname
         elif hostname is None or hostname == current.hostname:

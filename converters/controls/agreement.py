@@ -118,8 +118,9 @@ def _attribute(child: ControlSpec, predicted: Result, reviewed: Result) -> float
         elif "choices" in value:
             scores.append(1.0 if set(other.get("choices") or []) == set(value.get("choices") or []) else 0.0)
         else:
-            mine = other.get("text") if isinstance(other.get("text"), list) else []
-            theirs = value.get("text") if isinstance(value.get("text"), list) else []
+            mine_raw, theirs_raw = other.get("text"), value.get("text")
+            mine = [str(t) for t in mine_raw] if isinstance(mine_raw, list) else []
+            theirs = [str(t) for t in theirs_raw] if isinstance(theirs_raw, list) else []
             scores.append(text_similarity(mine, theirs))
     return sum(scores) / len(scores)
 
