@@ -271,7 +271,7 @@ def test_choice_scores_follow_the_eval_conventions() -> None:
     import random
 
     from backend.learning.agreement import choice_scores
-    from backend.runs.scoring import classification_scores
+    from converters.scoring import classification_scores
 
     rng = random.Random(3)
     labels = ["a", "b", "c", "d"]

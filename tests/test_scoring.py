@@ -1,10 +1,10 @@
-"""backend.runs.scoring on hand-computed cases."""
+"""converters.scoring on hand-computed cases."""
 
 from __future__ import annotations
 
 import pytest
 
-from backend.runs import scoring
+from converters import scoring
 
 
 def test_accuracy_counts_unanswered_as_wrong_and_macro_f1_by_hand() -> None:

@@ -7,7 +7,7 @@ the store keeps one per annotation, so a re-delivered, updated or deleted annota
 removes its own outcome and every figure is recomputed from the outcomes (`summarise`): counters
 could not be made idempotent, and AUROC and ECE need the individual scores anyway.
 
-The scoring conventions are those of `lsllm eval` (backend.runs.scoring), with the reviewer's
+The scoring conventions are those of `lsllm eval` (converters.scoring), with the reviewer's
 result as the gold:
 - choices (per control): the first chosen value; a review that leaves the control empty is not
   counted for it; a prediction that leaves it empty is wrong (unanswered).
@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.runs.scoring import calibration, choice_of, prf, span_scores, spans_of
 from converters.examples import reviewer_changed
+from converters.scoring import calibration, choice_of, prf, span_scores, spans_of
 
 SCORED_TYPES = ("choices", "labels")
 # reviews are grouped by how many live examples the project had when they arrived (report, /quality)
@@ -147,7 +147,7 @@ def summarise(outcomes: Sequence[ReviewOutcome]) -> dict[str, Any]:
 
 def choice_scores(gold: Sequence[str], guess: Sequence[str | None]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-label P/R/F1 of `guess` against `gold`, with the conventions of
-    backend.runs.scoring.classification_scores (unanswered = wrong, labels seen in either) in one pass:
+    converters.scoring.classification_scores (unanswered = wrong, labels seen in either) in one pass:
     that one walks all reviews once per label, 1.0 s of a 3,000-review /quality with 77 labels."""
     counts: dict[str, Counter[str]] = {}
     correct = 0

@@ -25,8 +25,8 @@ from backend.learning.selection import Selector, lexical_hits
 from backend.llm.pricing import PriceTable
 from backend.predict.pipeline import TaskResult, task_texts
 from backend.predict.plans import ProjectPlan
-from backend.runs import scoring
 from backend.service.model import LLMBackendModel
+from converters import scoring
 from converters.examples import coverage_label
 from converters.regions import check_prediction
 
