@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from backend.learning.gazetteer import Gazetteer, GazetteerPolicy, build_gazetteer
 from backend.store.example_store import StoredExample
-from converters.controls import handler_for
-from converters.controls.labels import LabelsHandler
+from converters.controls import span_controls
 from converters.spec import ControlSpec, TaskSpec
 from prompts import SpanCandidate
 
@@ -33,11 +32,6 @@ _Key = tuple[str, str, str]
 class _Built:
     seq: int
     gazetteer: Gazetteer
-
-
-def span_controls(spec: TaskSpec) -> list[ControlSpec]:
-    """The controls a gazetteer serves: those of the named-span handler (`<Labels>` on text)."""
-    return [c for c in spec.controls if isinstance(handler_for(c), LabelsHandler)]
 
 
 class GazetteerBook:

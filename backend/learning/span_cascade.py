@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.learning.gazetteer_book import GazetteerBook, span_controls
+from backend.learning.gazetteer_book import GazetteerBook
 from backend.metrics import Metrics
 from backend.settings import Settings
+from converters.controls import span_controls
 from converters.controls.base import region_id
 from converters.spec import ControlSpec, TaskSpec
 from prompts import SpanCandidate

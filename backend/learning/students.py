@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.learning.student import StudentModel, train_student
 from backend.store.example_store import ExampleStore
 from backend.store.student_store import StudentStore
+from converters.controls import single_choice_controls
 from converters.controls.base import region_id
 from converters.shortlist import result_labels_of
 from converters.spec import ControlSpec, TaskSpec
@@ -77,7 +78,7 @@ class StudentPolicy:
 
 def student_controls(spec: TaskSpec) -> list[ControlSpec]:
     """The controls a student can learn: single-choice classification of the whole text."""
-    return [c for c in spec.controls if c.kind == "choices" and not c.multiple]
+    return single_choice_controls(spec)
 
 
 def task_text(spec: TaskSpec, data: Mapping[str, Any]) -> str | None:

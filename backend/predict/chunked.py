@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from backend.settings import ResponseFormat, Settings
 from converters.chunking import Chunk, ChunkSpan, merge_spans, select_for_classification, split_text
 from converters.confidence import TokenProbs, combine
+from converters.controls import span_controls
 from converters.controls.base import region_id
 from converters.masking import MaskedText, Masker, PiiDetector, parse_kinds
 from converters.parse import UnparsableAnswer, parse_answer
@@ -87,7 +88,7 @@ def _context_chars(settings: Settings) -> float:
 
 
 def has_spans(spec: TaskSpec) -> bool:
-    return any(c.kind == "labels" for c in spec.controls)
+    return bool(span_controls(spec))
 
 
 @dataclass(frozen=True)

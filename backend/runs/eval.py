@@ -27,6 +27,7 @@ from backend.predict.pipeline import TaskResult, task_texts
 from backend.predict.plans import ProjectPlan
 from backend.service.model import LLMBackendModel
 from converters import scoring
+from converters.controls import single_choice_controls, span_controls
 from converters.examples import coverage_label
 from converters.regions import check_prediction
 
@@ -185,7 +186,7 @@ class Evaluation:
         trainer = getattr(students, "trainer", None)
         if students is None or trainer is None or not hasattr(trainer, "wait_idle"):
             return False
-        controls = [c for c in self.plan.spec.controls if c.kind == "choices" and not c.multiple]
+        controls = single_choice_controls(self.plan.spec)
         for control in controls:
             students.student(self.pid, self.plan.spec, control)  # asks the trainer for the current version
         if not trainer.wait_idle(timeout):
@@ -256,7 +257,7 @@ def invalid_regions(plan: ProjectPlan, data: Mapping[str, Any], item: Any) -> in
 
 def task_kind(plan: ProjectPlan) -> str:
     """"ner" when the config has a labels (span) control, else "classification"."""
-    return "ner" if any(c.kind == "labels" for c in plan.spec.controls) else "classification"
+    return "ner" if span_controls(plan.spec) else "classification"
 
 
 def answered_by(result: TaskResult) -> str:
@@ -272,7 +273,8 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
     results = [run.results.get(TEST_ID_BASE + i) or TaskResult([], reason="missing") for i in ids]
     items = [r.item if isinstance(r.item, Mapping) else None for r in results]
     golds = [gold_result(test[i]) or [] for i in ids]
-    control = next(c for c in plan.spec.controls if (c.kind == "labels") == (kind == "ner"))
+    span_list = span_controls(plan.spec)
+    control = span_list[0] if kind == "ner" else next(c for c in plan.spec.controls if c not in span_list)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     cost = prices.cost(model, prompt_tokens, completion_tokens)

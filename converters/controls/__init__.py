@@ -20,7 +20,7 @@ from converters.controls.number import NumberHandler
 from converters.controls.rating import RatingHandler
 from converters.controls.taxonomy import TaxonomyHandler
 from converters.controls.textarea import TextAreaHandler
-from converters.spec import ControlSpec
+from converters.spec import ControlSpec, TaskSpec
 
 __all__ = [
     "HANDLERS",
@@ -63,3 +63,14 @@ def handler_for_tag(tag: str) -> ControlHandler | None:
 def handler_for_region(region: Mapping[str, Any]) -> ControlHandler | None:
     """The handler of a Label Studio result region, by its `type` (None: not a kind handled here)."""
     return _BY_KIND.get(str(region.get("type")))
+
+
+def span_controls(spec: TaskSpec) -> list[ControlSpec]:
+    """The controls that name spans in a text (`<Labels>`): what a gazetteer, chunking and span F1 serve."""
+    return [c for c in spec.controls if isinstance(handler_for(c), LabelsHandler)]
+
+
+def single_choice_controls(spec: TaskSpec) -> list[ControlSpec]:
+    """The single-choice classification controls (`<Choices>` without choice="multiple"): what a student
+    learns and what accuracy scores."""
+    return [c for c in spec.controls if isinstance(handler_for(c), ChoicesHandler) and not c.multiple]
