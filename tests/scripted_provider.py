@@ -34,6 +34,9 @@ class Reply:
     delay: float = 0.0
     error: str = "scripted error"
     logprob: float = -0.05  # per token, when the request asks for logprobs
+    # tokens that every token's top_logprobs also offers, sharing the rest of the probability mass (the
+    # first one that differs from the token): with them a label's score is exp(logprob), not 1.0
+    alternatives: tuple[str, ...] = ()
 
 
 Responder = Callable[[dict[str, Any]], Reply]
@@ -41,9 +44,17 @@ Responder = Callable[[dict[str, Any]], Reply]
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
 
 
-def tokens_of(content: str, logprob: float) -> list[dict[str, Any]]:
+def tokens_of(content: str, logprob: float, alternatives: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    def top(token: str) -> list[dict[str, Any]]:
+        other = next((a for a in alternatives if a != token), None)
+        if other is None or logprob >= 0:
+            return []
+        rest = math.log(max(1e-12, 1.0 - math.exp(logprob)))
+        return [{"token": token, "logprob": logprob, "bytes": list(token.encode())},
+                {"token": other, "logprob": rest, "bytes": list(other.encode())}]
+
     return [
-        {"token": t, "logprob": logprob, "bytes": list(t.encode()), "top_logprobs": []}
+        {"token": t, "logprob": logprob, "bytes": list(t.encode()), "top_logprobs": top(t)}
         for t in _TOKEN.findall(content)
     ]
 
@@ -244,7 +255,7 @@ def completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "logprobs": None,
     }
     if body.get("logprobs"):
-        choice["logprobs"] = {"content": tokens_of(content, reply.logprob)}
+        choice["logprobs"] = {"content": tokens_of(content, reply.logprob, reply.alternatives)}
     prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
     return {
         "id": "chatcmpl-scripted",

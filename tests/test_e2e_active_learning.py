@@ -44,7 +44,8 @@ def number_of(text: str) -> int:
 def respond(body: dict) -> Reply:
     """The label of a task by its number; the confidence too (logprob per token), so scores differ."""
     n = number_of(last_user_text(body))
-    return Reply(content=json.dumps({"sentiment": LABELS[n % 3]}), logprob=-0.02 - 0.05 * (n % 9))
+    return Reply(content=json.dumps({"sentiment": LABELS[n % 3]}), logprob=-0.02 - 0.05 * (n % 9),
+                 alternatives=LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,14 @@ def backend(provider) -> Iterator[Backend]:
 
 
 def jobs(backend: Backend, project: int) -> list[dict[str, Any]]:
-    response = httpx.get(f"{backend.url}/projects/{project}/jobs", timeout=10)
+    for attempt in range(10):  # right after a worker is SIGKILLed, a connection it had accepted is reset
+        try:
+            response = httpx.get(f"{backend.url}/projects/{project}/jobs", timeout=10)
+            break
+        except httpx.TransportError:
+            if attempt == 9:
+                raise
+            time.sleep(0.3)
     assert response.status_code == 200, response.text
     return response.json()["jobs"]
 
