@@ -5,10 +5,9 @@ a 5xx, nothing stored, and the service keeps answering (Flask test client, and o
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
+import fuzz_cases as fuzz
 import httpx
 import pytest
 from conftest import config
@@ -17,9 +16,6 @@ from scripted_provider import Reply, ScriptedProvider
 from sqlalchemy import func, select
 
 from backend.store.db import events, examples, projects
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import fuzz  # noqa: E402
 
 SENTIMENT = config("sentiment")
 

@@ -167,4 +167,6 @@ class ReviewTabs:
             log.warning("project %s: model_version not moved to %s (%s)", project_id, version, type(exc).__name__)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop what is queued and wait for the call in flight (15 s timeout): a closed model must not
+        talk to Label Studio afterwards (a test's fake Label Studio saw the token of a model closed before)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
