@@ -98,8 +98,8 @@ def test_dead_server_fails_fast_per_task_and_is_restarted(local_app) -> None:
     )
     assert response.status_code == 200 and len(response.get_json()["results"]) == 1
     for _ in range(180):
-        if server.restarts >= 1 and server.healthy():
-            break
+        if server.restarts >= 1 and server.state == "ready" and server.healthy():
+            break  # "ready" only once the restarted server has decoded; its port answers a little earlier
         time.sleep(0.5)
     assert server.healthy() and server.restarts >= 1, server._last_error()
     assert server.state == "ready" and server.deaths >= 1
