@@ -196,3 +196,52 @@ def test_answered_by_reads_the_student_flag_of_a_result() -> None:
     assert answered_by(SimpleNamespace(student=True, item={"result": []})) == "student"  # type: ignore[arg-type]
     assert answered_by(SimpleNamespace(student=False, item={"result": []})) == "llm"  # type: ignore[arg-type]
     assert answered_by(SimpleNamespace(item={"result": []})) == "llm"  # type: ignore[arg-type]  # no student field
+
+
+NUMBER_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Rating name="stars" toName="text" maxRating="5"/>
+  <Number name="count" toName="text" min="0" max="10"/>
+  <TextArea name="summary" toName="text"/>
+</View>"""
+
+
+def _rated(text: str, stars: int, count: int, summary: str) -> dict[str, Any]:
+    return {"data": {"text": text}, "annotations": [{"result": [
+        {"id": "a", "from_name": "stars", "to_name": "text", "type": "rating", "value": {"rating": stars}},
+        {"id": "b", "from_name": "count", "to_name": "text", "type": "number", "value": {"number": count}},
+        {"id": "c", "from_name": "summary", "to_name": "text", "type": "textarea",
+         "value": {"text": [summary]}}]}]}
+
+
+def test_eval_scores_rating_number_and_textarea_by_agreement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Controls without accuracy or span F1 are scored per control: exact match for Rating and Number,
+    token F1 for TextArea (converters.controls.agreement)."""
+    train = [_rated(f"review {i}", 4, i, f"fine thing {i}") for i in range(4)]
+    test = [_rated("great product", 5, 3, "a great product"), _rated("bad product", 1, 7, "a bad product")]
+
+    def respond(body: dict[str, Any]) -> Reply:
+        if "great product" in last_user_text(body):  # right on every control
+            return Reply(content=json.dumps({"stars": 5, "count": 3, "summary": "a great product"}))
+        # wrong stars, right count, half the summary's words
+        return Reply(content=json.dumps({"stars": 2, "count": 7, "summary": "bad"}))
+
+    paths = tmp_path / "c.xml", tmp_path / "train.json", tmp_path / "test.json"
+    paths[0].write_text(NUMBER_CONFIG)
+    paths[1].write_text(json.dumps(train))
+    paths[2].write_text(json.dumps(test))
+    out = tmp_path / "out"
+    with ScriptedProvider(respond) as provider:
+        monkeypatch.setenv("LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("LLM_API_KEY", "sk-test")
+        assert main(["eval", "--config", str(paths[0]), "--train", str(paths[1]), "--test", str(paths[2]),
+                     "--points", "0", "--n-test", "2", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "controls"
+    row = results["results"][0]
+    assert row["agreement"]["stars"] == pytest.approx(0.5)
+    assert row["agreement"]["count"] == pytest.approx(1.0)
+    # "bad" vs "a bad product": precision 1, recall 1/3 -> F1 0.5; the other summary is exact
+    assert row["agreement"]["summary"] == pytest.approx((1.0 + 0.5) / 2)
+    assert row["answered_rate"] == 1.0 and row["invalid_regions"] == 0
+    assert "| 0 |" in (out / "results.md").read_text()

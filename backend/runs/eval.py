@@ -28,6 +28,7 @@ from backend.predict.plans import ProjectPlan
 from backend.service.model import LLMBackendModel
 from converters import scoring
 from converters.controls import single_choice_controls, span_controls
+from converters.controls.agreement import control_agreement
 from converters.examples import coverage_label
 from converters.regions import check_prediction
 
@@ -256,8 +257,11 @@ def invalid_regions(plan: ProjectPlan, data: Mapping[str, Any], item: Any) -> in
 
 
 def task_kind(plan: ProjectPlan) -> str:
-    """"ner" when the config has a labels (span) control, else "classification"."""
-    return "ner" if span_controls(plan.spec) else "classification"
+    """"ner" when the config has a labels (span) control, "classification" when it has a single-choice
+    control, else "controls" (TextArea, Number, Rating, Taxonomy...: scored by per-control agreement)."""
+    if span_controls(plan.spec):
+        return "ner"
+    return "classification" if single_choice_controls(plan.spec) else "controls"
 
 
 def answered_by(result: TaskResult) -> str:
@@ -273,8 +277,8 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
     results = [run.results.get(TEST_ID_BASE + i) or TaskResult([], reason="missing") for i in ids]
     items = [r.item if isinstance(r.item, Mapping) else None for r in results]
     golds = [gold_result(test[i]) or [] for i in ids]
-    span_list = span_controls(plan.spec)
-    control = span_list[0] if kind == "ner" else next(c for c in plan.spec.controls if c not in span_list)
+    span_list, choice_list = span_controls(plan.spec), single_choice_controls(plan.spec)
+    control = span_list[0] if kind == "ner" else choice_list[0] if kind == "classification" else None
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     cost = prices.cost(model, prompt_tokens, completion_tokens)
@@ -291,7 +295,22 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
         "answered_by": _count(answered_by(r) for r, it in zip(results, items) if it is not None),
     }
     scores = [it.get("score") if it is not None else None for it in items]
-    if kind == "classification":
+    # every control, whatever its kind: exact match (choices, number, rating, taxonomy), token F1 (textarea),
+    # span F1 (labels), per-span attributes (converters.controls.agreement)
+    per_task = [control_agreement(plan.spec, (it or {}).get("result") or [], g) for it, g in zip(items, golds)]
+    by_control: dict[str, list[float]] = {}
+    for found in per_task:
+        for name, value in found.items():
+            if value is not None:
+                by_control.setdefault(name, []).append(value)
+    out["agreement"] = {name: sum(v) / len(v) for name, v in by_control.items()}
+    if control is None:  # only controls without a classification or span metric
+        values = [v for vs in by_control.values() for v in vs]
+        out.update(agreement_mean=sum(values) / len(values) if values else None,
+                   answered_rate=sum(1 for it in items if it is not None) / n if n else 0.0)
+        right = [it is not None and all(v == 1.0 for v in found.values() if v is not None)
+                 for it, found in zip(items, per_task)]
+    elif kind == "classification":
         gold = [scoring.choice_of(g, control.name) or "" for g in golds]
         predicted = [scoring.choice_of(it.get("result"), control.name) if it else None for it in items]
         cls = scoring.classification_scores(gold, predicted)

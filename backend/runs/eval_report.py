@@ -123,7 +123,9 @@ def _f(value: Any, digits: int = 3) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The results as one Markdown table (one row per point) and the command that made them."""
     classification = results["kind"] == "classification"
+    controls = results["kind"] == "controls"
     head = (["examples", "accuracy", "macro-F1", "answered", "kNN-8 acc", "kNN-8 F1"] if classification
+            else ["examples", "agreement", "answered"] if controls
             else ["examples", "precision", "recall", "F1", "answered"])
     head += ["ECE", "AUROC", "errors in low 20%", "invalid", "tokens in/out", "cost", "s/task", "LLM/student"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -134,6 +136,8 @@ def markdown(results: dict[str, Any]) -> str:
             knn = r.get("knn") or {}
             cells += [_f(r["accuracy"]), _f(r["macro_f1"]), _f(r["answered_rate"], 2),
                       _f(knn.get("accuracy")), _f(knn.get("macro_f1"))]
+        elif controls:
+            cells += [_f(r["agreement_mean"]), _f(r["answered_rate"], 2)]
         else:
             cells += [_f(r["precision"]), _f(r["recall"]), _f(r["f1"]), _f(r["answered_rate"], 2)]
         by = r.get("answered_by") or {}
@@ -160,7 +164,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     rows = results["results"]
     classification = results["kind"] == "classification"
-    metric, label = ("accuracy", "accuracy") if classification else ("f1", "strict span F1")
+    metric, label = (("accuracy", "accuracy") if classification
+                     else ("agreement_mean", "agreement") if results["kind"] == "controls"
+                     else ("f1", "strict span F1"))
     xs = [max(r["examples"], 1) for r in rows]  # log axis: point 0 drawn at 1
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [r[metric] for r in rows], "o-", label=f"LLM + examples ({results['model']})")
