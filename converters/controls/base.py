@@ -162,3 +162,17 @@ def region_id(*parts: Any) -> str:
     """A stable region id from what the region is (same answer, same id)."""
     digest = hashlib.sha1("|".join(str(p) for p in parts).encode("utf-8")).hexdigest()
     return digest[:10]
+
+
+class UnlabelledControl:
+    """Protocol defaults for a control kind without a label set (a number, a rating, a free text): its
+    regions carry no labels, it adds no label coverage to few-shot selection, and tasks can share a call."""
+
+    def region_labels(self, region: Mapping[str, Any]) -> list[str]:
+        return []
+
+    def coverage_label(self, control: ControlSpec, regions: Sequence[Mapping[str, Any]]) -> str | None:
+        return None
+
+    def groupable(self, control: ControlSpec) -> bool:
+        return True

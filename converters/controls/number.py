@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from converters.controls.base import AnswerPart, IncompleteAnswer, Region, region_id
+from converters.controls.base import AnswerPart, IncompleteAnswer, Region, UnlabelledControl, region_id
 from converters.spec import ControlSpec
 
 # Values beyond this are not numbers an annotator meant (and lose precision as floats).
@@ -174,7 +174,7 @@ def stored_number(regions: Sequence[Mapping[str, Any]], kind: str, key: str) -> 
     return None
 
 
-class NumberHandler:
+class NumberHandler(UnlabelledControl):
     kind = "number"
     tag = "Number"
     object_tags: tuple[str, ...] = ("Text", "HyperText")
@@ -231,12 +231,3 @@ class NumberHandler:
         if value is None:
             raise IncompleteAnswer(f"no number for control {control.name!r}")
         return value
-
-    def region_labels(self, region: Mapping[str, Any]) -> list[str]:
-        return []
-
-    def coverage_label(self, control: ControlSpec, regions: Sequence[Mapping[str, Any]]) -> str | None:
-        return None
-
-    def groupable(self, control: ControlSpec) -> bool:
-        return True

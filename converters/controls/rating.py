@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from converters.controls.base import AnswerPart, IncompleteAnswer, Region
+from converters.controls.base import AnswerPart, IncompleteAnswer, Region, UnlabelledControl
 from converters.controls.number import NumberRules, number_region, parse_bound, stored_number, to_number
 from converters.spec import ControlSpec
 
@@ -25,7 +25,7 @@ def rating_rules(control: ControlSpec) -> NumberRules:
     return NumberRules(minimum=1.0, maximum=maximum, step=1.0, integral=True)
 
 
-class RatingHandler:
+class RatingHandler(UnlabelledControl):
     kind = "rating"
     tag = "Rating"
     object_tags: tuple[str, ...] = ("Text", "HyperText")
@@ -82,12 +82,3 @@ class RatingHandler:
         if value is None:
             raise IncompleteAnswer(f"no rating for control {control.name!r}")
         return value
-
-    def region_labels(self, region: Mapping[str, Any]) -> list[str]:
-        return []
-
-    def coverage_label(self, control: ControlSpec, regions: Sequence[Mapping[str, Any]]) -> str | None:
-        return None
-
-    def groupable(self, control: ControlSpec) -> bool:
-        return True

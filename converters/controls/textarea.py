@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from converters.controls.base import AnswerPart, IncompleteAnswer, Region, region_id
+from converters.controls.base import AnswerPart, IncompleteAnswer, Region, UnlabelledControl, region_id
 from converters.spec import ControlSpec
 
 MAX_CHARS = 4000
@@ -91,7 +91,7 @@ def length_hint(control: ControlSpec) -> str:
     return f" Keep it to about {count} line{'s' if count != 1 else ''}." if count > 0 else ""
 
 
-class TextAreaHandler:
+class TextAreaHandler(UnlabelledControl):
     kind = "textarea"
     tag = "TextArea"
     object_tags: tuple[str, ...] = ("Text", "HyperText")
@@ -154,12 +154,3 @@ class TextAreaHandler:
         if not texts:
             raise IncompleteAnswer(f"no text for control {control.name!r}")
         return answer
-
-    def region_labels(self, region: Mapping[str, Any]) -> list[str]:
-        return []
-
-    def coverage_label(self, control: ControlSpec, regions: Sequence[Mapping[str, Any]]) -> str | None:
-        return None
-
-    def groupable(self, control: ControlSpec) -> bool:
-        return True
