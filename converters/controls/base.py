@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from converters.confidence import Node, TokenProbs
+from converters.confidence import Node, TokenProbs, item_at
 from converters.spec import ControlSpec, LabelSpec
 
 Region = dict[str, Any]
@@ -176,3 +176,30 @@ class UnlabelledControl:
 
     def groupable(self, control: ControlSpec) -> bool:
         return True
+
+
+def pick_choices(
+    child: ControlSpec, raw: Any, node: Node | None, part: AnswerPart, dropped: Counter
+) -> tuple[list[str], list[float | None]]:
+    """The labels of `control` an answer value names (a label or a list of them), in order, without
+    repeats or unknown labels (counted in `dropped`), each with its own score; one for a single choice.
+    Shared by <Choices> and per-region choices under spans."""
+    lookup = label_lookup(child)
+    values = raw if isinstance(raw, list) else [raw]
+    chosen: list[str] = []
+    scores: list[float | None] = []
+    for index, value in enumerate(values):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            dropped["malformed"] += 1
+            continue
+        stored = lookup.get(norm_label(str(value)))
+        if stored is None:
+            dropped["unknown_label"] += 1
+            continue
+        if stored in chosen:
+            continue
+        chosen.append(stored)
+        scores.append(part.score(item_at(node, index) if isinstance(raw, list) else node, child.display_labels()))
+        if not child.multiple:
+            break
+    return chosen, scores

@@ -13,14 +13,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from converters.confidence import combine, item_at
+from converters.confidence import combine
 from converters.controls.base import (
     AnswerPart,
     IncompleteAnswer,
     Region,
     display_names,
-    label_lookup,
-    norm_label,
+    pick_choices,
     region_id,
 )
 from converters.spec import ControlSpec
@@ -61,26 +60,7 @@ class ChoicesHandler:
     def regions(
         self, control: ControlSpec, data: Mapping[str, Any], part: AnswerPart, dropped: Counter
     ) -> list[Region]:
-        lookup = label_lookup(control)
-        allowed = control.display_labels()
-        values = part.value if isinstance(part.value, list) else [part.value]
-        chosen: list[str] = []
-        scores: list[float | None] = []
-        for index, value in enumerate(values):
-            if not isinstance(value, (str, int, float)):
-                dropped["malformed"] += 1
-                continue
-            stored = lookup.get(norm_label(str(value)))
-            if stored is None:
-                dropped["unknown_label"] += 1
-                continue
-            if stored in chosen:
-                continue
-            node = item_at(part.node, index) if isinstance(part.value, list) else part.node
-            chosen.append(stored)
-            scores.append(part.score(node, allowed))
-            if not control.multiple:
-                break
+        chosen, scores = pick_choices(control, part.value, part.node, part, dropped)
         if not chosen:
             return []
         region: Region = {

@@ -31,6 +31,7 @@ from converters.controls.base import (
     display_names,
     label_lookup,
     norm_label,
+    pick_choices,
     region_id,
     safe_name,
 )
@@ -224,7 +225,7 @@ def _attribute_regions(
             "value": {"start": value["start"], "end": value["end"], "text": value["text"]},
         }
         if child.kind == "choices":
-            chosen, scores = _attribute_choices(child, raw, node, part, dropped)
+            chosen, scores = pick_choices(child, raw, node, part, dropped)
             if not chosen:
                 continue
             region["value"]["choices"] = chosen
@@ -238,30 +239,6 @@ def _attribute_regions(
             region["value"]["text"] = texts
         out.append(region)
     return out
-
-
-def _attribute_choices(
-    child: ControlSpec, raw: Any, node: Node | None, part: AnswerPart, dropped: Counter
-) -> tuple[list[str], list[float | None]]:
-    lookup = label_lookup(child)
-    values = raw if isinstance(raw, list) else [raw]
-    chosen: list[str] = []
-    scores: list[float | None] = []
-    for index, value in enumerate(values):
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            dropped["malformed"] += 1
-            continue
-        stored = lookup.get(norm_label(str(value)))
-        if stored is None:
-            dropped["unknown_label"] += 1
-            continue
-        if stored in chosen:
-            continue
-        chosen.append(stored)
-        scores.append(part.score(item_at(node, index) if isinstance(raw, list) else node, child.display_labels()))
-        if not child.multiple:
-            break
-    return chosen, scores
 
 
 def _attribute_answer(child: ControlSpec, span: Mapping[str, Any], regions: Sequence[Mapping[str, Any]]) -> Any:
