@@ -137,6 +137,13 @@ def test_quality_follows_reviews_updates_and_deletes(make_app) -> None:
     assert 'lsllm_quality_reviews{project="7",model_version="v1"} 1' in metrics
     assert 'lsllm_quality_accepted_share{project="7",model_version="v1"} 0.0' in metrics
     assert 'lsllm_quality_agreement{project="7",model_version="v1",metric="accuracy"} 0.0' in metrics
+    # the gauges are cached between scrapes, and recomputed as soon as a review arrives
+    assert client.get("/metrics").get_data(as_text=True).count("lsllm_quality_reviews{") == metrics.count(
+        "lsllm_quality_reviews{")
+    send(client, app, review(4, 14, "positive", "positive", 0.7))
+    again = client.get("/metrics").get_data(as_text=True)
+    assert 'lsllm_quality_reviews{project="7",model_version="v1"} 2' in again
+    assert 'lsllm_quality_accepted_share{project="7",model_version="v1"} 0.5' in again
 
 
 def test_prediction_read_back_when_the_webhook_carries_only_its_id(make_app) -> None:

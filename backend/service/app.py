@@ -412,9 +412,22 @@ def create_app(settings: Settings, model: LLMBackendModel | None = None, start_w
     def versions() -> Any:
         return jsonify({"versions": [model.version_for()], "model_dir": str(settings.data_dir)})
 
+    gauges_cache: dict[str, Any] = {}
+
+    def quality_gauges() -> bytes:
+        """quality_metrics reads and summarises every review (seconds at 10,000): recomputed only when the
+        review outcomes changed since the last scrape of this process."""
+        try:
+            key = quality.fingerprint()
+        except SQLAlchemyError:
+            return quality_metrics(quality)  # says the store is unavailable
+        if gauges_cache.get("key") != key:
+            gauges_cache.update(key=key, body=quality_metrics(quality))
+        return bytes(gauges_cache["body"])
+
     @app.get("/metrics")
     def metrics_route() -> Any:
-        body = metrics.exposition() + store_metrics(model) + quality_metrics(quality) + jobs_metrics(model.jobs)
+        body = metrics.exposition() + store_metrics(model) + quality_gauges() + jobs_metrics(model.jobs)
         if settings.local_status_file is not None:
             body += local_model_metrics(read_status(settings.local_status_file))
         return Response(body, mimetype="text/plain; version=0.0.4")

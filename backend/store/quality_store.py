@@ -79,6 +79,13 @@ class QualityStore:
             ).all()
         return [_outcome(r) for r in rows], _versions(rows)
 
+    def fingerprint(self) -> tuple[int, float]:
+        """(rows, newest recorded_at): changes whenever an outcome is recorded, updated or removed, so
+        the /metrics gauges are recomputed only then, not on every scrape."""
+        with self.engine.connect() as conn:
+            n, newest = conn.execute(select(func.count(), func.max(review_outcomes.c.recorded_at))).one()
+        return int(n or 0), float(newest or 0.0)
+
     def all_outcomes(self) -> dict[str, list[ReviewOutcome]]:
         """Every project's outcomes (for the /metrics gauges)."""
         out: dict[str, list[ReviewOutcome]] = {}
