@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from backend.store.quality_store import ReviewOutcome
 from converters.examples import reviewer_changed
 from converters.scoring import calibration, choice_of, prf, span_scores, spans_of
 
@@ -35,21 +35,6 @@ EXAMPLE_BUCKETS = (0, 10, 50, 200, 1000, 5000)
 
 class NoPrediction(ValueError):
     """The annotation did not start from a prediction whose result is known."""
-
-
-@dataclass(frozen=True)
-class ReviewOutcome:
-    """One reviewed prediction: per control, what the model said (`predicted`) and what the reviewer
-    kept (`reviewed`): {"type": "choices", "choice": str | None} or {"type": "labels", "spans": [[s, e, l]]}."""
-
-    model_version: str
-    score: float | None
-    accepted: bool
-    right: bool
-    predicted: dict[str, dict[str, Any]] = field(default_factory=dict)
-    reviewed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    prediction_id: int | None = None
-    examples_before: int = 0
 
 
 def _controls(*results: Sequence[Mapping[str, Any]]) -> dict[str, str]:

@@ -11,13 +11,28 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from backend.learning.agreement import ReviewOutcome
 from backend.store.db import examples, insert_ignore, review_outcomes
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """One reviewed prediction: per control, what the model said (`predicted`) and what the reviewer
+    kept (`reviewed`): {"type": "choices", "choice": str | None} or {"type": "labels", "spans": [[s, e, l]]}."""
+
+    model_version: str
+    score: float | None
+    accepted: bool
+    right: bool
+    predicted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reviewed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prediction_id: int | None = None
+    examples_before: int = 0
 
 
 class QualityStore:
