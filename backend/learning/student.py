@@ -15,7 +15,7 @@ fitted on everything starting from that one: about one fit's cost):
   is right), which scores an LLM answer the student disagrees with;
 - `threshold`: the lowest top probability whose held-out precision is at least the target
   (the cascade answers alone at or above it; above 1 means never).
-Everything is arrays and numbers: stored without pickle (`backend.store.student_store`).
+Everything is arrays and numbers: stored without pickle (`to_record`, `backend.store.student_store`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from backend.learning.calibration import Curve, fit_curve, precision_threshold
+from backend.store.student_store import StudentRecord
 
 MIN_TRAIN = 10  # fewer reviewed examples (or one class only): no student
 CV_LIMIT = 500  # up to this many examples: 5-fold cross-validation (6 fits); above: a held-out fifth (~1.4 fits)
@@ -61,6 +62,30 @@ class StudentModel:
         p = self.proba(vector)[0]
         order = np.argsort(-p, kind="stable")
         return [(self.classes[i], float(p[i])) for i in order]
+
+
+def to_record(model: StudentModel) -> StudentRecord:
+    """The student as the store keeps it (arrays and JSON)."""
+    return StudentRecord(
+        classes=model.classes, coef=model.coef, intercept=model.intercept,
+        calibration={"top": model.top.as_json(), "any": model.any.as_json(), "threshold": model.threshold},
+        n_examples=model.n_examples, version=model.version, embedder=model.embedder, stats=model.stats,
+    )
+
+
+def from_record(record: StudentRecord) -> StudentModel:
+    """The stored student as a model. Raises ValueError for a calibration that is not one (a damaged
+    row: better no student than a wrong one)."""
+    try:
+        top, any_, threshold = record.calibration["top"], record.calibration["any"], record.calibration["threshold"]
+        threshold = float(threshold)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"student v{record.version}: not a calibration: {exc}") from exc
+    return StudentModel(
+        classes=record.classes, coef=record.coef, intercept=record.intercept,
+        top=Curve.from_json(top), any=Curve.from_json(any_), threshold=threshold,
+        n_examples=record.n_examples, version=record.version, embedder=record.embedder, stats=record.stats,
+    )
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

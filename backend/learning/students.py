@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.learning.student import StudentModel, train_student
+from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
 from backend.store.student_store import StudentStore
 from converters.controls import single_choice_controls
@@ -214,7 +214,7 @@ class Trainer:
                     model = train_student(vectors, labels, self.policy.c, self.policy.precision)
                 if model is not None:
                     model = StudentModel(**{**model.__dict__, "version": version, "embedder": self.embedder.model})
-                self.store.finish(project_id, control.name, version, model)
+                self.store.finish(project_id, control.name, version, to_record(model) if model else None)
                 self.trained += 1
                 out[control.name] = model
                 log.info("project %s: student %r v%d: %s in %.1f s", project_id, control.name, version,
@@ -280,7 +280,8 @@ class Students:
         newest = self.store.newest_version(project_id, control.name, version)
         model = known.model
         if newest is not None and (model is None or model.version != newest):
-            model = self.store.load(project_id, control.name, newest)
+            record = self.store.load(project_id, control.name, newest)
+            model = from_record(record) if record is not None else None
         if (newest is None or newest < version) and known.asked < version:
             state = self.store.state(project_id, control.name, version)
             if state is None or (state.status == "training" and time.time() - state.claimed_at

@@ -12,15 +12,29 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Engine
 
-from backend.learning.calibration import Curve
-from backend.learning.student import StudentModel
 from backend.store.db import insert_ignore, students, write
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    """A trained student as the store keeps it: arrays and JSON-able values, no behaviour (the
+    learning room turns it into its model, so the store need not know what a student computes)."""
+
+    classes: tuple[str, ...]
+    coef: np.ndarray  # (dims, classes)
+    intercept: np.ndarray  # (classes,)
+    calibration: dict[str, Any]  # JSON: the calibration curves and the cascade threshold
+    n_examples: int
+    version: int
+    embedder: str
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class StudentStore:
             ).rowcount
             return bool(taken)
 
-    def finish(self, project_id: str, control: str, version: int, model: StudentModel | None,
+    def finish(self, project_id: str, control: str, version: int, model: StudentRecord | None,
                status: str | None = None) -> None:
         """Record the outcome of this process's claim: the model (ready), or none (`empty`/`failed`)."""
         t = students.c
@@ -69,9 +83,8 @@ class StudentStore:
                 classes=json.dumps(list(model.classes), ensure_ascii=False),
                 coef=np.asarray(model.coef, dtype="<f4").tobytes(),
                 intercept=np.asarray(model.intercept, dtype="<f4").tobytes(),
-                dims=model.dims,
-                calibration=json.dumps({"top": model.top.as_json(), "any": model.any.as_json(),
-                                        "threshold": model.threshold}),
+                dims=int(np.shape(model.coef)[0]),
+                calibration=json.dumps(model.calibration),
                 n_examples=model.n_examples,
                 stats=json.dumps(model.stats),
             )
@@ -101,7 +114,7 @@ class StudentStore:
             ).first()
         return int(row.version) if row else None
 
-    def load(self, project_id: str, control: str, version: int) -> StudentModel | None:
+    def load(self, project_id: str, control: str, version: int) -> StudentRecord | None:
         """The ready student of that version; None when there is none. Raises ValueError for a row
         whose arrays do not fit together (a damaged row: better no student than a wrong one)."""
         t = students.c
@@ -120,13 +133,13 @@ class StudentStore:
         if coef.size != dims * len(classes) or intercept.size != len(classes):
             raise ValueError(f"student {project_id}/{control}/v{version}: arrays do not match its classes")
         calibration = json.loads(row["calibration"])
-        return StudentModel(
+        if not isinstance(calibration, dict):
+            raise ValueError(f"student {project_id}/{control}/v{version}: calibration is not an object")
+        return StudentRecord(
             classes=classes,
             coef=coef.reshape(dims, len(classes)),
             intercept=intercept,
-            top=Curve.from_json(calibration["top"]),
-            any=Curve.from_json(calibration["any"]),
-            threshold=float(calibration["threshold"]),
+            calibration=calibration,
             n_examples=int(row["n_examples"]),
             version=int(row["version"]),
             embedder=str(row["embedder"] or ""),
