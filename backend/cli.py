@@ -382,6 +382,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from backend.runs.eval import EvalOptions, parse_points
     from backend.runs.eval_report import eval_settings, run_eval
+    from backend.service.app import build_model
 
     try:
         options = EvalOptions(points=parse_points(args.points), n_test=args.n_test, seed=args.seed)
@@ -397,8 +398,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
          ("n_test", args.n_test), ("seed", args.seed), ("out", args.out), ("data_dir", args.data_dir)) if v is not None)
     with provider(settings) as ready:
         try:
-            results = run_eval(ready, Path(args.config), Path(args.train), Path(args.test), options, out,
-                               command=command, progress=not args.no_progress)
+            results = run_eval(ready, build_model, Path(args.config), Path(args.train), Path(args.test), options,
+                               out, command=command, progress=not args.no_progress)
         except ValueError as exc:
             print(f"lsllm eval: {exc}", file=sys.stderr)
             return 2

@@ -235,7 +235,7 @@ def test_prediction_fetch_backs_off_after_a_failure_and_caches_answers(tmp_path)
     worker would otherwise hold its leased events past the lease); a read prediction is asked once."""
     from conftest import make_settings
 
-    from backend.learning.prediction_fetch import make_prediction_fetch
+    from backend.labelstudio.prediction_fetch import make_prediction_fetch
     from backend.store.db import make_engine, migrate
     from backend.store.project_store import ProjectStore
 

@@ -153,7 +153,7 @@ def test_examples_are_in_the_store_and_test_gold_never_reaches_the_provider(
     config, train, test = files
     with ScriptedProvider(responder) as provider:
         settings = eval_settings(make_settings(tmp_path, provider.base_url), tmp_path / "data")
-        results = run_eval(settings, config, train, test, EvalOptions(points=(0, 4, None), n_test=6),
+        results = run_eval(settings, build_model, config, train, test, EvalOptions(points=(0, 4, None), n_test=6),
                            tmp_path / "out", progress=False)
         requests = list(provider.requests)
     # the store holds exactly the 12 train annotations, all applied from events

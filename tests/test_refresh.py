@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import update
 
 from backend.labelstudio.push import PushDelivery
-from backend.learning.refresh import Refresher, RefreshLimits, current_score, refresh_candidates
 from backend.llm.pricing import PriceTable
 from backend.metrics import Metrics
 from backend.predict.pipeline import TaskResult
+from backend.runs.refresh import Refresher, RefreshLimits, current_score, refresh_candidates
 from backend.store.db import make_engine, migrate, projects
 from backend.store.jobs_store import JobsStore
 from backend.store.project_store import ProjectStore

@@ -20,8 +20,9 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select, update
 from webhook_payloads import annotation_event, choice
 
+from backend.labelstudio.credentials import CredentialsError, credentials
+from backend.labelstudio.resync import make_resync
 from backend.labelstudio.webhooks import HEADER, INSTALLED, WebhookInstaller, install_secret_header
-from backend.learning.resync import ResyncError, credentials, make_resync
 from backend.store.db import make_engine, migrate, projects
 from backend.store.project_store import ProjectStore
 from backend.store.secrets import KEY_FILE, Secrets
@@ -190,10 +191,10 @@ def test_a_setup_naming_another_host_without_a_token_never_sends_the_stored_one(
     assert credentials(model.settings, model.projects, "7")[1] == TOKEN
     moved = setup_body(other.server.url_for("").rstrip("/"), None)
     assert client.post("/setup", json=moved).status_code == 200
-    with pytest.raises(ResyncError):
+    with pytest.raises(CredentialsError):
         credentials(model.settings, model.projects, "7")
     model.webhooks.run("7")  # what a /setup schedules, run here to the end
-    with pytest.raises(ResyncError):
+    with pytest.raises(CredentialsError):
         make_resync(model.settings, model.projects)("7")  # what START_TRAINING runs
     assert client.post("/setup", json=moved).status_code == 200  # and again: still nothing to send
     assert other.calls() == []  # the new host never heard from the backend, with or without the token

@@ -18,7 +18,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from sqlalchemy.engine import Engine
 
 from backend.learning.agreement import NoPrediction, review_outcome
-from backend.learning.prediction_fetch import PredictionFetch
+from backend.learning.intake import BadEvent, parse_annotation
 from backend.metrics import Metrics
 from backend.store.db import write
 from backend.store.example_store import ExampleStore, PendingEvent
@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 REVIEWS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 
 # (project_id) -> list of (task dict with id/data, [annotation dicts]) fetched from Label Studio
+# project_id -> every task ({"id", "data"}) with its annotations as Label Studio's API returns them
 Resync = Callable[[str], list[tuple[dict[str, Any], list[dict[str, Any]]]]]
+# (project_id, prediction_id) -> {"id", "result", "score", "model_version"} or None when unavailable
+PredictionFetch = Callable[[str, int], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,8 @@ class Learner:
             seq = next_generation(conn, event.project_id)
             seen: set[int] = set()
             changes = 0
-            for task, annotations in fetched:
-                for annotation in annotations:
+            for task, raw_annotations in fetched:
+                for annotation in parsed_annotations(task, raw_annotations):
                     seen.add(int(annotation["id"]))
                     changes += self._upsert_annotation(conn, event.project_id, config, task, annotation, seq)
             present = self.store.all_rows(conn, event.project_id, ("live", "skipped", "set_aside"))
@@ -250,6 +253,18 @@ class Learner:
         self.metrics.webhook_events.labels(event.action, "applied").inc()
         log.info("resync of project %s: %d annotations, %d removed", event.project_id, len(seen), len(gone))
         return "applied"
+
+
+def parsed_annotations(task: Mapping[str, Any], raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A resynced task's annotations normalised like webhook annotations; one that does not parse is
+    skipped with a warning (the rest of the project still resyncs)."""
+    out = []
+    for annotation in raw:
+        try:
+            out.append(parse_annotation(annotation, int(task["id"])))
+        except BadEvent as exc:
+            log.warning("resync: task %s: skipped an annotation (%s)", task.get("id"), exc)
+    return out
 
 
 def _as_int(value: bool | None) -> int | None:

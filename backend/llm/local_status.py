@@ -82,3 +82,21 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code} ({code})"
     return f"exit {code}"
+
+
+def local_model_metrics(status: LocalModelStatus | None) -> bytes:
+    """The embedded model server's restarts and state, from its supervisor's status file (the supervisor
+    lives in the gunicorn master, so these cannot be counters in a worker's registry)."""
+    current = status.state if status is not None else "unknown"
+    lines = [
+        "# HELP lsllm_local_model_restarts_total Restarts of the embedded model server after it died",
+        "# TYPE lsllm_local_model_restarts_total counter",
+        f"lsllm_local_model_restarts_total {status.restarts if status else 0}",
+        "# HELP lsllm_local_model_deaths_total Deaths of the embedded model server (crashes, kills, hung starts)",
+        "# TYPE lsllm_local_model_deaths_total counter",
+        f"lsllm_local_model_deaths_total {status.deaths if status else 0}",
+        "# HELP lsllm_local_model_state The embedded model server's state (1 for the current one)",
+        "# TYPE lsllm_local_model_state gauge",
+    ]
+    lines += [f'lsllm_local_model_state{{state="{state}"}} {int(state == current)}' for state in (*STATES, "unknown")]
+    return ("\n".join(lines) + "\n").encode()

@@ -2,7 +2,7 @@
 production works.
 
 At each point N (nested: the first 50 of a seeded order of TRAIN are inside the first 200), the
-reviewed annotations not fed yet go through the webhook path: `LLMBackendModel.fit` with
+reviewed annotations not fed yet go through the webhook path: the served model's `fit` with
 ANNOTATION_CREATED payloads shaped like Label Studio's -> the durable event table -> the event worker
 (drained synchronously) -> the example store -> the selection index. Then the TEST sample is
 predicted with the full pipeline for the project (few-shot selection, shortlists, the configured
@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from backend.learning.learner import EventWorker
 from backend.learning.selection import Selector, lexical_hits
 from backend.llm.pricing import PriceTable
+from backend.metrics import Metrics
 from backend.predict.pipeline import TaskResult, task_texts
 from backend.predict.plans import ProjectPlan
-from backend.service.model import LLMBackendModel
+from backend.predict.predictor import Predictor
+from backend.store.example_store import ExampleStore
 from converters import scoring
 from converters.controls import single_choice_controls, span_controls
 from converters.controls.agreement import control_agreement
@@ -34,6 +37,26 @@ from converters.regions import check_prediction
 
 TEST_ID_BASE = 10_000_000  # test task ids never meet train ids (train task i has id i + 1)
 BASE_TIME = 1_700_000_000.0  # annotations' updated_at: fixed, so runs are identical
+
+
+class ServedModel(Protocol):
+    """What the eval drives: the model the composition root builds (backend.service), handed in by the
+    CLI, so the eval measures the production wiring without this room importing the service."""
+
+    predictor: Predictor
+    worker: EventWorker
+    examples: ExampleStore
+    metrics: Metrics
+
+    def setup(self, project: Any, label_config: str) -> dict[str, Any]: ...
+
+    def plan_for(self, project: Any, label_config: str | None) -> ProjectPlan: ...
+
+    def fit(self, event: str, data: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def version_for(self, plan: ProjectPlan | None = None, project_id: str | None = None) -> str: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +148,7 @@ def annotation_payload(project_id: int, config: str, task_id: int, data: Mapping
     }
 
 
-def selector_of(model: LLMBackendModel) -> Selector:
+def selector_of(model: ServedModel) -> Selector:
     """The selector whose index and similarity the model's predictor uses for few-shot selection."""
     selector = getattr(model.predictor.pipeline.context, "__self__", None)
     if not isinstance(selector, Selector):
@@ -153,7 +176,7 @@ def nearest(selector: Selector, project_id: str, text: str, n: int) -> list[tupl
 class Evaluation:
     """Feeds and predicts one project through `model`; `points` yields a PointRun per point."""
 
-    def __init__(self, model: LLMBackendModel, config: str, project_id: int, options: EvalOptions) -> None:
+    def __init__(self, model: ServedModel, config: str, project_id: int, options: EvalOptions) -> None:
         self.model = model
         self.config = config
         self.project_id = project_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from backend.runs.eval import (
     TEST_ID_BASE,
     EvalOptions,
     Evaluation,
+    ServedModel,
     load_tasks,
     score_point,
     selector_of,
@@ -36,12 +37,12 @@ def eval_settings(settings: Settings, data_dir: Path) -> Settings:
     return settings.model_copy(update=update)
 
 
-def run_eval(settings: Settings, config_path: Path, train_path: Path, test_path: Path, options: EvalOptions,
-             out: Path, command: str = "", progress: bool = True) -> dict[str, Any]:
-    """Run the eval with a provider already chosen in `settings`; returns what results.json holds."""
+def run_eval(settings: Settings, build_model: Callable[[Settings], ServedModel], config_path: Path,
+             train_path: Path, test_path: Path, options: EvalOptions, out: Path, command: str = "",
+             progress: bool = True) -> dict[str, Any]:
+    """Run the eval with a provider already chosen in `settings` on the model `build_model` wires (the
+    service's composition root); returns what results.json holds."""
     from tqdm import tqdm
-
-    from backend.service.app import build_model
 
     config = Path(config_path).read_text(encoding="utf-8")
     train, test = load_tasks(train_path), load_tasks(test_path)

@@ -23,16 +23,16 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from backend.labelstudio.credentials import credentials
+from backend.labelstudio.prediction_fetch import make_prediction_fetch
 from backend.labelstudio.push import PushDelivery, sdk_sender
+from backend.labelstudio.resync import make_resync
 from backend.labelstudio.review_tab import ReviewTabs
 from backend.labelstudio.webhooks import HEADER as WEBHOOK_HEADER
 from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller
 from backend.learning.agreement import headline, quality_report, summarise
 from backend.learning.intake import BadEvent
 from backend.learning.learner import EventWorker, Learner, VersionPolicy
-from backend.learning.prediction_fetch import make_prediction_fetch
-from backend.learning.refresh import Refresher, RefreshLimits
-from backend.learning.resync import credentials, make_resync
 from backend.learning.selection import Selector, ShortlistPolicy
 from backend.learning.span_cascade import gazetteer_book, span_hook
 from backend.learning.students import build_students
@@ -40,11 +40,12 @@ from backend.learning.vector_index import vector_source
 from backend.llm.client import LLMClient
 from backend.llm.embeddings import embeddings_config
 from backend.llm.local_embeddings import LocalEmbedder
-from backend.llm.local_status import CRASH_LOOP, read_status
+from backend.llm.local_status import CRASH_LOOP, local_model_metrics, read_status
 from backend.llm.pricing import PriceTable
 from backend.llm.response_cache import ResponseCache
-from backend.metrics import Metrics, local_model_metrics
+from backend.metrics import Metrics
 from backend.predict.predictor import Predictor
+from backend.runs.refresh import Refresher, RefreshLimits
 from backend.service.model import LLMBackendModel, StoreUnavailable, WebhookRefused
 from backend.settings import Settings
 from backend.store.db import make_engine, migrate

@@ -13,15 +13,15 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.labelstudio.credentials import CredentialsError, credentials
 from backend.labelstudio.push import PushDelivery
 from backend.labelstudio.review_tab import ReviewTabs
 from backend.labelstudio.webhooks import INSTALLED, WebhookInstaller, check_secret
 from backend.learning.intake import HANDLED, BadEvent, intake
 from backend.learning.learner import EventWorker
-from backend.learning.refresh import Refresher
-from backend.learning.resync import ResyncError, credentials
 from backend.metrics import Metrics
 from backend.predict.predictor import Predictor, ProjectPlan
+from backend.runs.refresh import Refresher
 from backend.settings import Settings
 from backend.store.example_store import ExampleStore
 from backend.store.jobs_store import JobsStore
@@ -219,7 +219,7 @@ class LLMBackendModel:
             return False
         try:
             url, token = credentials(self.settings, self.projects, project_id)
-        except ResyncError:
+        except CredentialsError:
             return False
         valid = [t for t in tasks if isinstance(t, Mapping) and isinstance(t.get("id"), int)]
         claimed = self.push.claim(project_id, version, [t["id"] for t in valid])

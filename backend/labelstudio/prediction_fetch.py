@@ -16,14 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.labelstudio.api import as_dict, client_for
-from backend.learning.resync import ResyncError, credentials
+from backend.labelstudio.credentials import CredentialsError, credentials
 from backend.settings import Settings
 from backend.store.project_store import ProjectStore
 
 log = logging.getLogger(__name__)
 
-# (project_id, prediction_id) -> {"id", "result", "score", "model_version"} or None when unavailable
-PredictionFetch = Callable[[str, int], "dict[str, Any] | None"]
 
 
 def make_prediction_fetch(
@@ -34,7 +32,7 @@ def make_prediction_fetch(
     backoff: float = 60.0,
     client_factory: Callable[[str, str, float], Any] = client_for,
     clock: Callable[[], float] = time.monotonic,
-) -> PredictionFetch:
+) -> Callable[[str, int], dict[str, Any] | None]:
     """A fetcher that asks Label Studio and remembers the last `keep` answers (a prediction does not
     change; an annotation's updates and re-deliveries ask for the same one). After a failure it does
     not ask again for that project for `backoff` seconds: with Label Studio unreachable, a timeout per
@@ -52,7 +50,7 @@ def make_prediction_fetch(
         try:
             url, token = credentials(settings, projects, project_id)
             raw = as_dict(client_factory(url, token, timeout).predictions.get(id=prediction_id))
-        except ResyncError as exc:
+        except CredentialsError as exc:
             failed_until[project_id] = clock() + backoff
             log.warning("live agreement: prediction %s not read: %s", prediction_id, exc)
             return None
