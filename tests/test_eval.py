@@ -245,3 +245,15 @@ def test_eval_scores_rating_number_and_textarea_by_agreement(tmp_path: Path, mon
     assert row["agreement"]["summary"] == pytest.approx((1.0 + 0.5) / 2)
     assert row["answered_rate"] == 1.0 and row["invalid_regions"] == 0
     assert "| 0 |" in (out / "results.md").read_text()
+
+
+def test_results_name_the_embedded_model_not_its_port(tmp_path) -> None:
+    """A run on the bundled model records "embedded" (its server's URL dies with the run); a provider
+    run records the provider's URL, so an independent run can reach the same one."""
+    from backend.runs.eval_report import provider_of
+
+    provider = make_settings(tmp_path, "http://provider.example/v1")
+    local = provider.model_copy(update={"llm_base_url": "http://127.0.0.1:41234/v1",
+                                        "local_status_file": tmp_path / "local.json"})
+    assert provider_of(provider) == "http://provider.example/v1"
+    assert provider_of(local) == "embedded"

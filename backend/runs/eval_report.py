@@ -74,7 +74,7 @@ def run_eval(settings: Settings, build_model: Callable[[Settings], ServedModel],
             # written after every point, so an interrupted run keeps the points it finished
             results = {
                 "command": command, "config": str(config_path), "train": str(train_path), "test": str(test_path),
-                "kind": kind, "model": evaluation.plan.model, "provider": settings.llm_base_url or "embedded",
+                "kind": kind, "model": evaluation.plan.model, "provider": provider_of(settings),
                 "seed": options.seed, "n_test": len(ids), "train_size": len(order), "points": points,
                 "project_id": project_id, "data_dir": str(settings.data_dir), "knn_k": options.knn_k,
                 "embeddings": settings.embeddings_model or "lexical",
@@ -115,6 +115,12 @@ def _write_predictions(path: Path, ids: Sequence[int], test: Sequence[dict[str, 
         item = result.item if result is not None else []
         out.append({"id": TEST_ID_BASE + i, "data": test[i]["data"], "predictions": [item] if item else []})
     path.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+
+
+def provider_of(settings: Settings) -> str:
+    """"embedded" for the bundled model (its URL is a port of this run, useless to a later one), else
+    the provider's URL."""
+    return "embedded" if settings.local_status_file is not None else str(settings.llm_base_url)
 
 
 def _f(value: Any, digits: int = 3) -> str:
