@@ -48,12 +48,12 @@ BATCH = 20
 def copy_store(source: Path, target: Path) -> None:
     """A consistent copy of the eval's SQLite store (response cache included), WAL and all."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("lsllm.sqlite3",):
-        with sqlite3.connect(source / name) as src, sqlite3.connect(target / name) as dst:
-            src.backup(dst)
-    for name in ("secret.key",):
-        if (source / name).exists():
-            (target / name).write_bytes((source / name).read_bytes())
+    with sqlite3.connect(source / "lsllm.sqlite3") as src, sqlite3.connect(target / "lsllm.sqlite3") as dst:
+        src.backup(dst)
+    key = source / "secret.key"  # tokens at rest in the copy stay readable, and private
+    if key.exists():
+        (target / key.name).touch(mode=0o600)
+        (target / key.name).write_bytes(key.read_bytes())
 
 
 def first_annotation(task: dict[str, Any]) -> list[dict[str, Any]] | None:
