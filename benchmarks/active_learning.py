@@ -174,9 +174,13 @@ def main() -> None:
     ls = start_label_studio()
     if provider is not None:
         provider.server.start()
+    # the scripted provider takes 8 calls at once; the embedded server answers one at a time, and the
+    # backend's default for it (one call in flight, the rest waiting on our side) must stay: 8 calls
+    # queued inside its server time out (LLM_TIMEOUT) while they wait there
+    concurrency = {"LLM_MAX_CONCURRENCY": "8"} if provider else {}
     backend = start_backend(
-        provider.server.base_url if provider else None,
-        PUSH_THRESHOLD="50", LLM_MAX_CONCURRENCY="8", STUDENT_MODE=args.student, LOG_LEVEL="INFO",
+        provider.server.base_url if provider else None, **concurrency,
+        PUSH_THRESHOLD="50", STUDENT_MODE=args.student, LOG_LEVEL="INFO",
         EXAMPLES_VERSION_POLICY="count", EXAMPLES_VERSION_EVERY=str(args.every), LABEL_SHORTLIST_THRESHOLD="0",
         REFRESH="on", REFRESH_UNPRICED="allow", REFRESH_DEBOUNCE_SECONDS="15", REFRESH_MIN_INTERVAL_SECONDS="0",
         REFRESH_MAX_TASKS="1000", JOB_STALE_SECONDS="120",
