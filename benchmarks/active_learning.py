@@ -76,6 +76,9 @@ class LearningProvider:
         self.labels = labels
         self.calls = 0
         self.server = ScriptedProvider(self.respond, latency=latency, max_concurrency=8)
+        # another label that each answer token's top_logprobs also offers: the backend scores a choice by
+        # its probability among the allowed labels there, so without a rival label every score is 1.0
+        self.alternatives = tuple(labels[:2])
 
     def respond(self, body: dict) -> Reply:
         self.calls += 1
@@ -91,9 +94,11 @@ class LearningProvider:
         h = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
         rng = random.Random(h)
         if truth in shown or h % 100 < 55:
-            return Reply(content=json.dumps({"intent": truth}), logprob=-rng.uniform(0.01, 0.35))
+            return Reply(content=json.dumps({"intent": truth}), logprob=-rng.uniform(0.01, 0.35),
+                         alternatives=self.alternatives)
         wrong = self.labels[(self.labels.index(truth) + 1 + h % (len(self.labels) - 1)) % len(self.labels)]
-        return Reply(content=json.dumps({"intent": wrong}), logprob=-rng.uniform(0.15, 1.2))
+        return Reply(content=json.dumps({"intent": wrong}), logprob=-rng.uniform(0.15, 1.2),
+                     alternatives=self.alternatives)
 
 
 def start_backend(llm_base_url: str | None, **env_extra: str) -> Backend:
