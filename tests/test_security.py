@@ -246,6 +246,29 @@ def test_installer_retries_until_label_studio_created_the_webhook() -> None:
     installer.close()
 
 
+def test_a_closed_installer_never_calls_label_studio_again() -> None:
+    """close() wakes an attempt waiting to retry and returns once it stopped: no install call after it
+    (a test's fake Label Studio once had its webhook rewritten by the retry of a model closed before)."""
+    import threading
+
+    calls: list[float] = []
+    first = threading.Event()
+
+    def install(url: str, token: str, pid: int, secret: str) -> int:
+        calls.append(time.monotonic())
+        first.set()
+        return 0  # Label Studio has not created the webhook yet: retry after `delay`
+
+    installer = WebhookInstaller(lambda p: ("http://ls", "t"), lambda p: "s", lambda p: None, install=install,
+                                 retries=5, delay=1.0)
+    assert installer.request("7")
+    assert first.wait(10)
+    installer.close()
+    closed = time.monotonic()
+    time.sleep(2.5)  # past the retries at +1 s and +3 s that an unclosed installer makes
+    assert len(calls) == 1 and calls[0] < closed
+
+
 def test_after_install_a_forged_event_is_refused_and_nothing_is_stored(make_app, fake_ls) -> None:
     app = make_app()
     model = app.extensions["lsllm_model"]

@@ -86,13 +86,13 @@ class WebhookInstaller:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-auth")
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
-        self._closed = False
+        self._closed = threading.Event()
 
     def request(self, project_id: str) -> bool:
         """Schedule an install for the project unless one ran or is running recently; True if scheduled."""
         now = time.monotonic()
         with self._lock:
-            if self._closed or now - self._last.get(project_id, -1e9) < self.min_interval:
+            if self._closed.is_set() or now - self._last.get(project_id, -1e9) < self.min_interval:
                 return False
             self._last[project_id] = now
         try:
@@ -109,6 +109,8 @@ class WebhookInstaller:
             log.info("project %s: webhook secret not installed (%s)", project_id, type(exc).__name__)
             return False
         for attempt in range(self.retries):
+            if self._closed.is_set():  # a closed model never talks to Label Studio again
+                return False
             try:
                 found = self.install(url, token, int(project_id), self.secret(project_id))
             except (ApiError, httpx.HTTPError, ValueError) as exc:
@@ -122,12 +124,15 @@ class WebhookInstaller:
                          "for this project are refused", project_id)
                 return True
             if attempt + 1 < self.retries:
-                time.sleep(self.delay * (attempt + 1))
+                self._closed.wait(self.delay * (attempt + 1))
         log.info("project %s: no Label Studio webhook to this backend found yet; looked for again on a later "
                  "/setup", project_id)
         return False
 
     def close(self) -> None:
+        """Drop what is queued, wake an attempt waiting to retry, and wait for a call in flight: a closed
+        model must not talk to Label Studio afterwards (a test's fake Label Studio had its webhook's
+        header rewritten with the secret of a model closed seconds before, by that model's retry)."""
         with self._lock:
-            self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            self._closed.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
