@@ -23,7 +23,6 @@ from backend.store.project_store import ProjectStore
 log = logging.getLogger(__name__)
 
 
-
 def make_prediction_fetch(
     settings: Settings,
     projects: ProjectStore,

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # (ANNOTATIONS_CREATED) or imported annotations (TASKS_CREATED) copy predictions without one
 REVIEWS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 
-# (project_id) -> list of (task dict with id/data, [annotation dicts]) fetched from Label Studio
 # project_id -> every task ({"id", "data"}) with its annotations as Label Studio's API returns them
 Resync = Callable[[str], list[tuple[dict[str, Any], list[dict[str, Any]]]]]
 # (project_id, prediction_id) -> {"id", "result", "score", "model_version"} or None when unavailable

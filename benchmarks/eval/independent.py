@@ -171,7 +171,7 @@ def main() -> int:
                 if time.time() > deadline:
                     raise TimeoutError("webhook events still pending after 30 min")
                 time.sleep(2)
-            applied = sum(metric(text, "lsllm_examples", f'project="{PROJECT}",status="{s}"') for s in ("live",))
+            applied = metric(text, "lsllm_examples", f'project="{PROJECT}",status="live"')
             first = sample[0]
             http.post("/predict", json={"project": f"{PROJECT}.1700000000", "label_config": config,
                                         "tasks": [{"id": first["id"], "data": first["data"]}]}).raise_for_status()
