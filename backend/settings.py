@@ -296,6 +296,12 @@ class Settings(BaseSettings):
         default=5, ge=0, validation_alias="STUDENT_HINT_LABELS",
         description="the student's top labels that lead a label shortlist (hint and cascade)",
     )
+    student_set_coverage: float = Field(
+        default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",
+        description="once a student has STUDENT_MIN_EXAMPLES, the LLM chooses a large label set's label "
+        "among the student's top labels that held the right one for this share of held-out examples "
+        "(0: the top STUDENT_HINT_LABELS only lead a shortlist of LABEL_SHORTLIST_SIZE)",
+    )
 
     # --- Label Studio API (START_TRAINING resync; falls back to /setup's hostname + token) --------
     # with LABEL_STUDIO_URL set, pushes, resyncs and webhook installs go only there, whatever /setup says

@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from nltk.stem.snowball import SnowballStemmer
 
@@ -26,6 +26,15 @@ from converters.spec import ControlSpec, LabelSpec, TaskSpec
 
 # label value -> score, for one control
 Scores = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Lead:
+    """Labels a task's shortlist starts with, best first (a student's top labels). With `only`, they are
+    the whole shortlist: a label set the right label is in for a known share of held-out tasks."""
+
+    labels: tuple[str, ...] = ()
+    only: bool = False
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
@@ -119,15 +128,18 @@ def shortlist_spec(
     size: int,
     votes: Callable[[ControlSpec], Scores],
     similarity: Callable[[ControlSpec], Scores],
+    size_of: Callable[[ControlSpec], int] | None = None,
 ) -> TaskSpec:
-    """The spec for one task: every control above `threshold` labels narrowed to `size` labels.
+    """The spec for one task: every control above `threshold` labels narrowed to `size` labels (or
+    `size_of(control)` when given).
 
     `votes` and `similarity` are asked only for controls that are narrowed. Returns `spec` itself
     when nothing needs narrowing."""
     if not any(needs_shortlist(c, threshold) for c in spec.controls):
         return spec
     controls = tuple(
-        shortlist_control(c, votes(c), similarity(c), size) if needs_shortlist(c, threshold) else c
+        shortlist_control(c, votes(c), similarity(c), size_of(c) if size_of else size)
+        if needs_shortlist(c, threshold) else c
         for c in spec.controls
     )
     return replace(spec, controls=controls)

@@ -23,6 +23,7 @@ from backend.learning.calibration import Curve, expected_calibration_error, fit_
 from backend.learning.student import train_student
 from backend.service.app import build_model, create_app
 from backend.store.db import students as students_table
+from converters.shortlist import Lead
 from converters.task_spec import build_task_spec
 
 T0 = 1_790_000_000.0
@@ -208,7 +209,8 @@ def test_hint_puts_the_students_labels_first_in_the_shortlist(make_app: Any, pro
 
     provider.responder = respond
     app = trained_app(make_app, provider, MANY_CONFIG, INTENT_WORDS, "intent", student_mode="hint",
-                      label_shortlist_threshold=3, label_shortlist_size=2, student_hint_labels=1, few_shot_k=0)
+                      label_shortlist_threshold=3, label_shortlist_size=2, student_hint_labels=1, few_shot_k=0,
+                      student_set_coverage=0.0)
     asked.clear()
     before = len(provider.requests)
     predict(app.test_client(), "forgot my password please reset credentials", MANY_CONFIG, 920)
@@ -216,7 +218,81 @@ def test_hint_puts_the_students_labels_first_in_the_shortlist(make_app: Any, pro
     assert asked and "password" in asked[-1] and len(asked[-1]) == 2, asked
     spec = build_task_spec(MANY_CONFIG)
     lead = model_of(app).predictor.pipeline.student.lead("7", spec, "forgot my password please reset credentials")
-    assert lead(spec.controls[0]) == ["password"]  # the student's top label is what leads
+    assert lead(spec.controls[0]) == Lead(("password",))  # the student's top label is what leads
+
+
+def test_a_student_with_enough_examples_makes_its_label_set_the_whole_shortlist(make_app: Any,
+                                                                                 provider: Any) -> None:
+    asked: list[list[str]] = []
+
+    def respond(body: dict[str, Any]) -> Any:
+        schema = json.dumps(body.get("response_format") or {})
+        asked.append([label for label in MANY if f'"{label}"' in schema])
+        return json_answer({"intent": asked[-1][0]})
+
+    provider.responder = respond
+    text = "forgot my password please reset credentials"
+    app = trained_app(make_app, provider, MANY_CONFIG, INTENT_WORDS, "intent", student_mode="hint",
+                      label_shortlist_threshold=3, label_shortlist_size=5, few_shot_k=0)
+    spec = build_task_spec(MANY_CONFIG)
+    students = model_of(app).predictor.pipeline.student
+    model = students.student("7", spec, spec.controls[0])
+    assert model is not None and model.set_mass is not None and 0.0 < model.set_mass <= 1.0
+    lead = students.lead("7", spec, text)(spec.controls[0])
+    assert lead.only and lead.labels[0] == "password" and 2 <= len(lead.labels) < 5  # narrower than the shortlist
+    asked.clear()
+    predict(app.test_client(), text, MANY_CONFIG, 921)
+    assert asked and sorted(asked[-1]) == sorted(lead.labels)  # the LLM chose among the set, nothing else
+
+    # below STUDENT_MIN_EXAMPLES the student only leads a shortlist of the usual size
+    few = students_module.Students(students.store, students.versions, students.trainer, students.embedder,
+                                   students_module.StudentPolicy(mode="hint", min_examples=10_000, hint_labels=1))
+    assert few.lead("7", spec, text)(spec.controls[0]) == Lead(("password",))
+
+
+def test_the_label_set_holds_the_right_label_as_often_as_asked_on_new_tasks() -> None:
+    rng = np.random.default_rng(1)
+    k, dims = 8, 16
+    centres = rng.normal(0, 1, (k, dims)).astype(np.float32) * 0.5  # overlapping classes: top-1 is often wrong
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, k, n)
+        return (centres[y] + rng.normal(0, 1, (n, dims))).astype(np.float32), y
+
+    x, y = sample(400)
+    model = train_student(x, [f"c{i}" for i in y], c=1.0, coverage=0.9)
+    assert model is not None and model.set_mass is not None
+    fresh, truth = sample(2000)
+    sets = [model.label_set(model.ranked(v), least=1) or [] for v in fresh]
+    covered = np.mean([f"c{t}" in s for s, t in zip(sets, truth)])
+    top1 = np.mean([s[0] == f"c{t}" for s, t in zip(sets, truth)])
+    assert top1 < 0.7 and covered >= 0.87, (top1, covered)  # 0.9 asked, up to sampling noise
+    assert np.mean([len(s) for s in sets]) < k - 2  # and the sets are informative, not every label
+    assert train_student(x, [f"c{i}" for i in y], c=1.0, coverage=0.0).set_mass is None  # type: ignore[union-attr]
+
+
+def test_conformal_mass_and_label_set_on_known_numbers() -> None:
+    from dataclasses import replace
+
+    from backend.learning.student import conformal_mass, from_record, to_record
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.1, 0.3, 0.6]], dtype=np.float64)
+    y = np.array([0, 1, 2, 2])  # the mass that first holds the right label: 0.7, 0.9, 1.0, 0.6
+    assert conformal_mass(probs, y, 0.5) == pytest.approx(0.9)  # the ceil(5 * 0.5) = 3rd smallest
+    assert conformal_mass(probs, y, 0.2) == pytest.approx(0.6)  # the 1st smallest
+    assert conformal_mass(probs, y, 0.9) == 1.0  # ceil(5 * 0.9) = 5 > 4: every label
+    assert conformal_mass(probs, y, 0.0) is None
+    x = np.eye(3, 4, dtype=np.float32).repeat(5, axis=0)
+    model = train_student(x, [lab for lab in "abc" for _ in range(5)])
+    assert model is not None
+    model = replace(model, set_mass=0.9)
+    assert model.label_set([("a", 0.7), ("b", 0.25), ("c", 0.05)]) == ["a", "b"]  # 0.7 < 0.9 <= 0.95
+    assert model.label_set([("a", 0.95), ("b", 0.04), ("c", 0.01)]) == ["a", "b"]  # at least two
+    assert model.label_set([("a", 0.95), ("b", 0.04)], least=1) == ["a"]
+    assert from_record(to_record(model)).set_mass == 0.9
+    old = to_record(model)
+    old.calibration.pop("set_mass")  # a student stored before label sets existed
+    assert from_record(old).set_mass is None and from_record(old).label_set([("a", 1.0)]) is None
 
 
 def test_trainer_debounces_a_burst_into_one_training_of_the_newest_version() -> None:
@@ -324,8 +400,18 @@ def test_the_students_labels_lead_the_shortlist_over_votes_and_similarity() -> N
     policy = ShortlistPolicy(threshold=3, size=2)
     plain, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy)
     assert plain.controls[0].display_labels() == ["billing", "login"]  # the vote, then similarity
-    led, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy, lambda control: ["upgrade", "password"])
+    led, _ = choose_for_task(entries, candidates, spec, 4, 10_000, policy,
+                             lambda control: Lead(("upgrade", "password")))
     assert led.controls[0].display_labels() == ["password", "upgrade"]  # the student's two, in config order
+    wide = ShortlistPolicy(threshold=3, size=5)
+    only, chosen = choose_for_task(entries, candidates, spec, 4, 10_000, wide,
+                                   lambda control: Lead(("upgrade", "password", "refund"), only=True))
+    assert only.controls[0].display_labels() == ["refund", "password", "upgrade"]  # the set, nothing else
+    assert chosen == []  # the "login" example answers outside the set: not shown
+    led, chosen = choose_for_task(entries, candidates, spec, 4, 10_000, wide, lambda control: Lead(("upgrade",)))
+    # a lead without `only` goes first and the vote and similarity fill the usual size
+    assert led.controls[0].display_labels() == ["billing", "refund", "delivery", "login", "upgrade"]
+    assert [e.example.annotation_id for e in chosen] == [1]
 
 
 def test_selection_uses_the_bundled_vectors_by_default_and_a_broken_model_means_lexical() -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.learning.gazetteer_book import GazetteerBook
 from backend.store.example_store import ExampleStore, StoredExample
 from converters.examples import coverage_label, result_to_answer
-from converters.shortlist import Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
+from converters.shortlist import Lead, Lexicon, Scores, knn_votes, needs_shortlist, result_fits, shortlist_spec
 from converters.task_spec import ControlSpec, TaskSpec
 from prompts import Example, SpanCandidate, TaskContext
 
@@ -274,25 +274,34 @@ def choose_for_task(
     k: int,
     token_budget: int,
     shortlist: ShortlistPolicy = ShortlistPolicy(),
-    lead: Callable[[ControlSpec], Sequence[str]] | None = None,
+    lead: Callable[[ControlSpec], Lead] | None = None,
 ) -> tuple[TaskSpec, list[Entry]]:
     """(the spec for this task, its examples least to most relevant).
 
     Large label sets are narrowed first: the labels `lead` names (the student's top labels, best
-    first), then the kNN vote of the nearest examples (similarity-weighted), then the labels'
-    similarity to the task text (`converters.shortlist`). Examples answering with a label outside the
-    shortlist are not used, so the prompt never shows an answer that its label list and schema forbid."""
+    first; with `Lead.only`, the student's label set is the whole shortlist), then the kNN vote of the
+    nearest examples (similarity-weighted), then the labels' similarity to the task text
+    (`converters.shortlist`). Examples answering with a label outside the shortlist are not used, so
+    the prompt never shows an answer that its label list and schema forbid."""
     hits = list(candidates.hits)
     narrowed = spec
     if any(needs_shortlist(c, shortlist.threshold) for c in spec.controls):
         top = max((s for s, _ in hits), default=0.0) or 1.0
         neighbours = [(s / top, entries[a].example.result) for s, a in hits[: shortlist.voters] if s > 0]
+        leads = {c.name: lead(c) for c in spec.controls} if lead else {}
+        no_lead = Lead()
+
+        def size_of(control: ControlSpec) -> int:
+            led = leads.get(control.name, no_lead)
+            return min(shortlist.size, len(led.labels)) if led.only and led.labels else shortlist.size
+
         narrowed = shortlist_spec(
             spec,
             shortlist.threshold,
             shortlist.size,
-            votes=lambda control: _led(knn_votes(control, neighbours), lead(control) if lead else ()),
+            votes=lambda control: _led(knn_votes(control, neighbours), leads.get(control.name, no_lead).labels),
             similarity=candidates.label_similarity,
+            size_of=size_of,
         )
         hits = [(s, a) for s, a in hits if result_fits(narrowed, entries[a].example.result)]
     return narrowed, choose(entries, hits, narrowed, k, token_budget, candidates.overlap)
@@ -341,7 +350,7 @@ def entry_to_example(entry: Entry, spec: TaskSpec) -> Example | None:
 
 
 # (project id, spec, task text) -> control -> the labels that lead its shortlist, best first
-LeadSource = Callable[[str | None, TaskSpec, str], Callable[[ControlSpec], Sequence[str]]]
+LeadSource = Callable[[str | None, TaskSpec, str], Callable[[ControlSpec], Lead]]
 
 
 class CandidateSource(Protocol):

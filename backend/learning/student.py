@@ -14,12 +14,17 @@ fitted on everything starting from that one: about one fit's cost):
 - `any`: a curve from the student's probability of any label (its top 3 per example) to P(that label
   is right), which scores an LLM answer the student disagrees with;
 - `threshold`: the lowest top probability whose held-out precision is at least the target
-  (the cascade answers alone at or above it; above 1 means never).
+  (the cascade answers alone at or above it; above 1 means never);
+- `set_mass`: the student's label set for a task is its top labels until their probability adds up to
+  this mass; chosen on the held-out probabilities (split-conformal, adaptive prediction sets) so that
+  the right label is in the set for at least the target coverage of the held-out examples. The LLM then
+  chooses among labels the student finds plausible instead of a shortlist of 20 (`Students.lead`).
 Everything is arrays and numbers: stored without pickle (`to_record`, `backend.store.student_store`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +49,7 @@ class StudentModel:
     top: Curve = field(default_factory=Curve)
     any: Curve = field(default_factory=Curve)
     threshold: float = 2.0
+    set_mass: float | None = None  # None: no label set (trained before it existed, or coverage off)
     n_examples: int = 0
     version: int = 0
     embedder: str = ""
@@ -63,12 +69,27 @@ class StudentModel:
         order = np.argsort(-p, kind="stable")
         return [(self.classes[i], float(p[i])) for i in order]
 
+    def label_set(self, ranked: Sequence[tuple[str, float]], least: int = 2) -> list[str] | None:
+        """The labels of `ranked` (most probable first) whose probability adds up to `set_mass`, at
+        least `least` of them (the LLM must have a choice); None without a set_mass."""
+        if self.set_mass is None:
+            return None
+        out: list[str] = []
+        mass = 0.0
+        for label, p in ranked:
+            if mass >= self.set_mass and len(out) >= least:
+                break
+            out.append(label)
+            mass += p
+        return out
+
 
 def to_record(model: StudentModel) -> StudentRecord:
     """The student as the store keeps it (arrays and JSON)."""
     return StudentRecord(
         classes=model.classes, coef=model.coef, intercept=model.intercept,
-        calibration={"top": model.top.as_json(), "any": model.any.as_json(), "threshold": model.threshold},
+        calibration={"top": model.top.as_json(), "any": model.any.as_json(), "threshold": model.threshold,
+                     "set_mass": model.set_mass},
         n_examples=model.n_examples, version=model.version, embedder=model.embedder, stats=model.stats,
     )
 
@@ -79,11 +100,13 @@ def from_record(record: StudentRecord) -> StudentModel:
     try:
         top, any_, threshold = record.calibration["top"], record.calibration["any"], record.calibration["threshold"]
         threshold = float(threshold)
+        set_mass = record.calibration.get("set_mass")  # absent in students trained before label sets
+        set_mass = None if set_mass is None else float(set_mass)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"student v{record.version}: not a calibration: {exc}") from exc
     return StudentModel(
         classes=record.classes, coef=record.coef, intercept=record.intercept,
-        top=Curve.from_json(top), any=Curve.from_json(any_), threshold=threshold,
+        top=Curve.from_json(top), any=Curve.from_json(any_), threshold=threshold, set_mass=set_mass,
         n_examples=record.n_examples, version=record.version, embedder=record.embedder, stats=record.stats,
     )
 
@@ -134,10 +157,26 @@ def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(fold == f) for f in range(n_folds)]
 
 
+def conformal_mass(probs: np.ndarray, y: np.ndarray, coverage: float) -> float | None:
+    """The probability mass a label set must reach so that, on these held-out (rows, classes)
+    probabilities with right classes `y`, the right label is inside for at least `coverage` of the rows
+    (the ceil((n + 1) * coverage)-th smallest such mass: split conformal). None when coverage is 0."""
+    n = probs.shape[0]
+    if coverage <= 0 or n == 0:
+        return None
+    order = np.argsort(-probs, axis=1, kind="stable")
+    cumulative = np.cumsum(np.take_along_axis(probs, order, axis=1), axis=1)
+    rank = np.argmax(order == y[:, None], axis=1)  # where the right label stands in each row's order
+    needed = cumulative[np.arange(n), rank]  # the mass that first includes it
+    rank_needed = math.ceil((n + 1) * coverage)  # the split-conformal order statistic
+    return 1.0 if rank_needed > n else float(np.sort(needed)[rank_needed - 1])
+
+
 def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, precision: float = 0.95,
-                  seed: int = 0, n_folds: int | None = None) -> StudentModel | None:
+                  seed: int = 0, n_folds: int | None = None, coverage: float = 0.95) -> StudentModel | None:
     """Fit the student and its calibration on (unit vector, label value) pairs; None when there is
-    too little to learn from (fewer than MIN_TRAIN examples or a single class)."""
+    too little to learn from (fewer than MIN_TRAIN examples or a single class). `coverage` is the
+    label set's (0: none)."""
     began = time.perf_counter()
     labels = list(labels)
     classes = tuple(sorted(set(labels)))
@@ -190,6 +229,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         top=fit_curve(top_prob, right),
         any=fit_curve(pair_prob, pair_right),
         threshold=threshold,
+        set_mass=conformal_mass(oof, y, coverage),
         n_examples=len(labels),
         stats={
             "cv_accuracy": round(float(right.mean()), 4),

@@ -12,7 +12,9 @@ STUDENT_MODE:
 - `cascade`: when every control of the config is a single-choice `<Choices>` whose student has at
   least `min_examples` reviewed examples and whose top probability reaches its cross-validated
   threshold, the task is answered by the students with no LLM call; otherwise as `hint`;
-- `hint`: the student's top labels lead the label shortlist, the LLM decides;
+- `hint`: the student's top labels lead the label shortlist, the LLM decides; once the student has
+  `min_examples`, its label set (the top labels that held the right one for STUDENT_SET_COVERAGE of
+  the held-out examples) is the whole shortlist of a large label set;
 - `off`: no student (the pipeline and the selector get None).
 
 Scores (what "calibrated" means here). A student's answer scores its top-probability calibration
@@ -41,7 +43,7 @@ from backend.store.example_store import ExampleStore
 from backend.store.student_store import StudentStore
 from converters.controls import single_choice_controls
 from converters.controls.base import region_id
-from converters.shortlist import result_labels_of
+from converters.shortlist import Lead, result_labels_of
 from converters.spec import ControlSpec, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class StudentPolicy:
     c: float = 10.0
     debounce: float = 5.0
     hint_labels: int = 5
+    set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
     refresh_seconds: float = 2.0
 
 
@@ -211,7 +214,8 @@ class Trainer:
                 model = None
                 if len(texts) >= 2:
                     vectors = self._vectors(texts)
-                    model = train_student(vectors, labels, self.policy.c, self.policy.precision)
+                    model = train_student(vectors, labels, self.policy.c, self.policy.precision,
+                                          coverage=self.policy.set_coverage)
                 if model is not None:
                     model = StudentModel(**{**model.__dict__, "version": version, "embedder": self.embedder.model})
                 self.store.finish(project_id, control.name, version, to_record(model) if model else None)
@@ -395,13 +399,22 @@ class Students:
         return out
 
     # --- the selector's hint -----------------------------------------------------------------------
-    def lead(self, project_id: str | None, spec: TaskSpec, text: str) -> Callable[[ControlSpec], list[str]]:
-        """control -> the student's top labels for this task (hint and cascade), to lead its shortlist."""
-        if self.policy.mode == "off" or self.policy.hint_labels <= 0:
-            return lambda control: []
+    def lead(self, project_id: str | None, spec: TaskSpec, text: str) -> Callable[[ControlSpec], Lead]:
+        """control -> what leads its shortlist for this task (hint and cascade): the student's label
+        set as the whole shortlist once the student has `min_examples` reviewed examples and a set
+        (`StudentModel.label_set`), else its top `hint_labels` labels ahead of the neighbours' vote."""
+        if self.policy.mode == "off":
+            return lambda control: Lead()
         scored = self._guard("hint", lambda: self._scored(project_id, spec, text), [])
-        tops = {s.control.name: [label for label, _ in s.ranked[: self.policy.hint_labels]] for s in scored}
-        return lambda control: tops.get(control.name, [])
+        leads = {s.control.name: self._lead(s) for s in scored}
+        return lambda control: leads.get(control.name, Lead())
+
+    def _lead(self, s: _Scored) -> Lead:
+        if s.model.n_examples >= self.policy.min_examples:
+            labels = s.model.label_set(s.ranked)
+            if labels:
+                return Lead(tuple(labels), only=True)
+        return Lead(tuple(label for label, _ in s.ranked[: self.policy.hint_labels]))
 
 
 
@@ -417,6 +430,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         c=settings.student_c,
         debounce=settings.student_debounce_seconds,
         hint_labels=settings.student_hint_labels,
+        set_coverage=settings.student_set_coverage,
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)
