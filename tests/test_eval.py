@@ -257,3 +257,36 @@ def test_results_name_the_embedded_model_not_its_port(tmp_path) -> None:
                                         "local_status_file": tmp_path / "local.json"})
     assert provider_of(provider) == "http://provider.example/v1"
     assert provider_of(local) == "embedded"
+
+
+def test_ner_eval_reports_the_gazetteer_alone_beside_the_llm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import config as config_named
+    from webhook_payloads import span
+
+    sentences = [("Reuters reported that Bonn agreed .", [("Reuters", "ORG"), ("Bonn", "LOC")]),
+                 ("Bonn said Reuters was wrong .", [("Bonn", "LOC"), ("Reuters", "ORG")]),
+                 ("Reuters and Bonn again .", [("Reuters", "ORG"), ("Bonn", "LOC")])]
+
+    def ner_task(text: str, entities: list[tuple[str, str]], ref: str) -> dict[str, Any]:
+        return {"data": {"text": text, "ref_id": ref},
+                "annotations": [{"result": [span(text, s, label) for s, label in entities]}]}
+
+    train = [ner_task(t, e, f"tr{i}") for i, (t, e) in enumerate(sentences * 4)]
+    test = [ner_task("Later Reuters quoted Bonn officials .", [("Reuters", "ORG"), ("Bonn", "LOC")], "te0"),
+            ner_task("Bonn has nothing for Reuters today .", [("Bonn", "LOC"), ("Reuters", "ORG")], "te1")]
+    paths = tmp_path / "ner.xml", tmp_path / "train.json", tmp_path / "test.json"
+    paths[0].write_text(config_named("ner"))
+    paths[1].write_text(json.dumps(train))
+    paths[2].write_text(json.dumps(test))
+    out = tmp_path / "out"
+    with ScriptedProvider(lambda body: Reply(content=json.dumps({"label": []}))) as provider:
+        monkeypatch.setenv("LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("LLM_API_KEY", "sk-test")
+        monkeypatch.setenv("STUDENT_MIN_EXAMPLES", "5")
+        assert main(["eval", "--config", str(paths[0]), "--train", str(paths[1]), "--test", str(paths[2]),
+                     "--points", "0,all", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert "gazetteer" not in rows[0]  # no reviews, no gazetteer
+    assert rows[1]["gazetteer"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}  # it knows both surfaces
+    assert rows[0]["f1"] == 0.0  # the LLM alone found nothing
+    assert "| 1.000/1.000/1.000 |" in (out / "results.md").read_text()

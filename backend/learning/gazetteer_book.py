@@ -82,6 +82,19 @@ class GazetteerBook:
         ).start()
         return built.gazetteer if built is not None else None
 
+    def build_now(self, project_id: str, spec: TaskSpec, seq: int, examples: Collection[StoredExample]) -> None:
+        """Build every span control's gazetteer for the example set at `seq` on this thread, unless it is
+        built already (`lsllm eval`: every test task of a point meets the same gazetteer, as it meets
+        the same student; in production a large rebuild runs in the background instead)."""
+        if len(examples) < self.min_examples:
+            return
+        for control in span_controls(spec):
+            key = (project_id, spec.config_hash, control.name)
+            with self._lock:
+                built = self._built.get(key)
+            if built is None or built.seq != seq:
+                self._build(key, control, seq, examples)
+
     def _build(
         self, key: _Key, control: ControlSpec, seq: int,
         examples: Collection[StoredExample],

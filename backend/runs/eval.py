@@ -74,6 +74,7 @@ class PointRun:
     examples: int
     results: dict[int, TaskResult] = field(default_factory=dict)  # test task id -> result
     knn: dict[int, str | None] = field(default_factory=dict)  # test task id -> kNN vote
+    gazetteer: dict[int, list[scoring.Span]] = field(default_factory=dict)  # test task id -> its spans (NER)
     store: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     feed_seconds: float = 0.0
@@ -222,10 +223,32 @@ class Evaluation:
     def warm_selection(self) -> None:
         """Bring the selection index (and the example vectors, with embeddings) up to the store now, on
         this thread: otherwise concurrent tasks that find another thread embedding thousands of new
-        examples wait `sync_wait` s and then select from the previous point's vectors."""
+        examples wait `sync_wait` s and then select from the previous point's vectors. The same for
+        the gazetteers (a large example set is otherwise rebuilt in the background while the first
+        tasks use the previous point's)."""
         selector = selector_of(self.model)
         if self.fed:
             nearest(selector, self.pid, "warm-up", 1)
+            if selector.gazetteers is not None:
+                index = selector.index(self.pid)
+                selector.gazetteers.build_now(self.pid, self.plan.spec, index.seq,
+                                              [e.example for e in index.entries.values()])
+
+    def gazetteer(self, tasks: Sequence[Mapping[str, Any]]) -> dict[int, list[scoring.Span]]:
+        """The gazetteer alone (the NER baseline): its labelled matches in each task, for the first span
+        control; {} without gazetteers (STUDENT_MODE=off)."""
+        selector = selector_of(self.model)
+        if selector.gazetteers is None:
+            return {}
+        control = span_controls(self.plan.spec)[0]
+        index = selector.index(self.pid)
+        rows = [e.example for e in index.entries.values()]
+        out: dict[int, list[scoring.Span]] = {}
+        for task in tasks:
+            found = selector.gazetteers.candidates(self.pid, self.plan.spec, index.seq, rows,
+                                                   task_texts(self.plan.spec, task))
+            out[int(task["id"])] = [(c.start, c.end, c.label) for c in found if c.label and c.control == control.name]
+        return out
 
     def predict(self, tasks: Sequence[Mapping[str, Any]], on_done: Callable[[], None]) -> dict[int, TaskResult]:
         """Predict {"id", "data"} tasks for the project; results by task id."""
@@ -248,7 +271,8 @@ class Evaluation:
         return out
 
     def run_point(self, train: Sequence[Mapping[str, Any]], order: Sequence[int], upto: int,
-                  tasks: Sequence[Mapping[str, Any]], on_done: Callable[[], None], knn: bool) -> PointRun:
+                  tasks: Sequence[Mapping[str, Any]], on_done: Callable[[], None], knn: bool,
+                  gazetteer: bool = False) -> PointRun:
         run = PointRun(examples=upto)
         started = time.perf_counter()
         self.feed(train, order, upto)
@@ -264,6 +288,8 @@ class Evaluation:
         run.removed_regions = _counter_value(self.model.metrics.invalid_predictions) - removed_before
         if knn and upto > 0:
             run.knn = self.knn(tasks)
+        if gazetteer and upto > 0:
+            run.gazetteer = self.gazetteer(tasks)
         return run
 
 
@@ -350,6 +376,9 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
         out.update(precision=spans.overall["precision"], recall=spans.overall["recall"], f1=spans.overall["f1"],
                    per_label=spans.per_label, answered_rate=spans.answered_rate)
         right = [p is not None and sorted(p) == sorted(g) for p, g in zip(pred_spans, gold_spans)]
+        if run.gazetteer:
+            alone = scoring.span_scores(gold_spans, [run.gazetteer.get(TEST_ID_BASE + i, []) for i in ids])
+            out["gazetteer"] = {k: alone.overall[k] for k in ("precision", "recall", "f1")}
     pairs = [(float(s), r) for s, r, it in zip(scores, right, items) if it is not None and isinstance(s, (int, float))]
     cal = scoring.calibration([s for s, _ in pairs], [r for _, r in pairs])
     out["calibration"] = {"scored_tasks": cal.n, "ece": cal.ece, "auroc": cal.auroc,

@@ -66,7 +66,8 @@ def run_eval(settings: Settings, build_model: Callable[[Settings], ServedModel],
                    disable=not progress, mininterval=0.5)
         for point in points:
             bar.set_description(f"{point} examples")
-            run = evaluation.run_point(train, order, point, tasks, lambda: bar.update(1), kind == "classification")
+            run = evaluation.run_point(train, order, point, tasks, lambda: bar.update(1), kind == "classification",
+                                       kind == "ner")
             row = score_point(run, evaluation.plan, test, ids, prices, evaluation.plan.model)
             rows.append(row)
             model.predictor.llm.flush()  # the answers are in the cache before the next point
@@ -133,7 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
     controls = results["kind"] == "controls"
     head = (["examples", "accuracy", "macro-F1", "answered", "kNN-8 acc", "kNN-8 F1"] if classification
             else ["examples", "agreement", "answered"] if controls
-            else ["examples", "precision", "recall", "F1", "answered"])
+            else ["examples", "precision", "recall", "F1", "answered", "gazetteer P/R/F1"])
     head += ["ECE", "AUROC", "errors in low 20%", "invalid", "tokens in/out", "cost", "s/task", "LLM/student"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["results"]:
@@ -146,7 +147,9 @@ def markdown(results: dict[str, Any]) -> str:
         elif controls:
             cells += [_f(r["agreement_mean"]), _f(r["answered_rate"], 2)]
         else:
-            cells += [_f(r["precision"]), _f(r["recall"]), _f(r["f1"]), _f(r["answered_rate"], 2)]
+            alone = r.get("gazetteer")
+            cells += [_f(r["precision"]), _f(r["recall"]), _f(r["f1"]), _f(r["answered_rate"], 2),
+                      "/".join(_f(alone[k]) for k in ("precision", "recall", "f1")) if alone else "–"]
         by = r.get("answered_by") or {}
         cells += [_f(cal["ece"]), _f(cal["auroc"]), _f(cal["errors_in_lowest_20pct"], 2), str(r["invalid_regions"]),
                   f"{r['prompt_tokens']:,}/{r['completion_tokens']:,}",
@@ -182,6 +185,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     knn = [(x, r["knn"]["accuracy"]) for x, r in zip(xs, rows) if r.get("knn")]
     if knn:
         ax.plot([x for x, _ in knn], [y for _, y in knn], "s-", label=f"{results['knn_k']}-NN vote")
+    alone = [(x, r["gazetteer"]["f1"]) for x, r in zip(xs, rows) if r.get("gazetteer")]
+    if alone:
+        ax.plot([x for x, _ in alone], [y for _, y in alone], "s-", label="gazetteer alone")
     ax.set_xscale("log")
     ax.set_xlabel("reviewed examples (0 drawn at 1)")
     ax.set_ylabel(label)
