@@ -296,6 +296,11 @@ class Settings(BaseSettings):
         default=5, ge=0, validation_alias="STUDENT_HINT_LABELS",
         description="the student's top labels that lead a label shortlist (hint and cascade)",
     )
+    student_features: str = Field(
+        default="words+vectors", pattern="^(words\\+vectors|vectors)$", validation_alias="STUDENT_FEATURES",
+        description="what the student reads: the text's words (TF-IDF of 1- and 2-grams) and its WordLlama "
+        "vector, or the vector only (smaller students: megabytes less per stored version with many labels)",
+    )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",
         description="once a student has STUDENT_MIN_EXAMPLES, the LLM chooses a large label set's label "

@@ -12,6 +12,7 @@ are several times slower than an idle machine).
     .venv/bin/python benchmarks/student.py --sets banking77 --points 1000,all
     .venv/bin/python benchmarks/student.py --direct              # same student, trained in-process from the
                                                                  # files (no webhooks/store): minutes faster
+    .venv/bin/python benchmarks/student.py --direct --vectors    # the student without the words
 
 No LLM is called (STUDENT_MODE=cascade, the provider URL points nowhere): this measures the student
 alone. `lsllm eval` measures the whole backend (student and LLM together).
@@ -72,7 +73,7 @@ def gold(task: dict[str, Any], control: str) -> str | None:
 def measure(name: str, upto: int, student: Any, texts: list[str], truth: np.ndarray, embed: Any,
             extra: dict[str, Any]) -> dict[str, Any]:
     """The student's figures on the test texts, as one JSON-able row."""
-    probs = student.proba(embed(texts))
+    probs = student.proba(student.inputs(texts, embed(texts)))
     labels = np.array(student.classes)[probs.argmax(axis=1)]
     p_top = probs.max(axis=1)
     right = labels == truth
@@ -93,7 +94,7 @@ def measure(name: str, upto: int, student: Any, texts: list[str], truth: np.ndar
     return row
 
 
-def run_direct(name: str, points: list[int | None], seed: int) -> list[dict[str, Any]]:
+def run_direct(name: str, points: list[int | None], seed: int, words: bool = True) -> list[dict[str, Any]]:
     """The same student, trained in-process from the dataset files (no webhooks, no store)."""
     from backend.learning.student import train_student
     from backend.llm.local_embeddings import LocalEmbedder
@@ -113,8 +114,9 @@ def run_direct(name: str, points: list[int | None], seed: int) -> list[dict[str,
         upto = len(order) if n_point is None else min(n_point, len(order))
         rows = [train[i] for i in order[:upto]]
         began = time.perf_counter()
-        student = train_student(embedder.embed([task_text(plan_spec, r["data"]) or "" for r in rows]),
-                                [gold(r, control.name) or "" for r in rows])
+        row_texts = [task_text(plan_spec, r["data"]) or "" for r in rows]
+        student = train_student(embedder.embed(row_texts), [gold(r, control.name) or "" for r in rows],
+                                texts=row_texts if words else None)
         seconds = round(time.perf_counter() - began, 1)
         out.append(measure(name, upto, student, texts, truth, embedder.embed, {"embed_and_train_seconds": seconds}))
     return out
@@ -174,10 +176,15 @@ def main() -> None:
     parser.add_argument("--points", default="all", help="reviewed examples, e.g. 1000,all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--direct", action="store_true", help="train in-process from the files (no webhooks)")
+    parser.add_argument("--vectors", action="store_true", help="with --direct: the vector only, no words "
+                        "(STUDENT_FEATURES=vectors; the service's setting decides otherwise)")
     args = parser.parse_args()
     points: list[int | None] = [None if p == "all" else int(p) for p in args.points.split(",")]
     for name in args.sets.split(","):
-        (run_direct if args.direct else run_set)(name.strip(), points, args.seed)
+        if args.direct:
+            run_direct(name.strip(), points, args.seed, words=not args.vectors)
+        else:
+            run_set(name.strip(), points, args.seed)
 
 
 if __name__ == "__main__":

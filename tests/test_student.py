@@ -20,7 +20,7 @@ from webhook_payloads import annotation_event, choice
 
 from backend.learning import students as students_module
 from backend.learning.calibration import Curve, expected_calibration_error, fit_curve, precision_threshold
-from backend.learning.student import train_student
+from backend.learning.student import from_record, to_record, train_student
 from backend.service.app import build_model, create_app
 from backend.store.db import students as students_table
 from converters.shortlist import Lead
@@ -110,7 +110,7 @@ def test_training_and_calibration_on_separable_vectors() -> None:
     y = [LABELS[i] for i in range(3) for _ in range(40)]
     model = train_student(x, y, c=10.0, precision=0.95)
     assert model is not None and model.classes == tuple(sorted(LABELS))
-    p = model.proba(x)
+    p = model.proba(model.inputs([""] * len(x), x))
     assert p.shape == (120, 3) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
     assert (np.array(model.classes)[p.argmax(axis=1)] == np.array(y)).mean() > 0.9
     assert 0.0 <= model.threshold <= 1.0  # separable: the cascade may answer
@@ -146,7 +146,9 @@ def test_student_from_webhooks_is_stored_without_pickle_and_used_by_another_work
     row = ready[-1]
     assert row["control"] == "sentiment" and row["n_examples"] == 90
     assert json.loads(row["classes"]) == sorted(LABELS)
-    assert len(row["coef"]) == 4 * 256 * 3 and not row["coef"].startswith(b"\x80")  # float32 bytes, not a pickle
+    terms = len(json.loads(row["features"])["vocabulary"])  # the words it reads beside the 256-d vector
+    assert terms > 10 and row["dims"] == terms + 256
+    assert len(row["coef"]) == 4 * (terms + 256) * 3 and not row["coef"].startswith(b"\x80")  # float32, no pickle
     json.loads(row["calibration"])
 
     # another worker: a second model object on the same store file, which never trained
@@ -263,7 +265,7 @@ def test_the_label_set_holds_the_right_label_as_often_as_asked_on_new_tasks() ->
     model = train_student(x, [f"c{i}" for i in y], c=1.0, coverage=0.9)
     assert model is not None and model.set_mass is not None
     fresh, truth = sample(2000)
-    sets = [model.label_set(model.ranked(v), least=1) or [] for v in fresh]
+    sets = [model.label_set(model.ranked("", v), least=1) or [] for v in fresh]
     covered = np.mean([f"c{t}" in s for s, t in zip(sets, truth)])
     top1 = np.mean([s[0] == f"c{t}" for s, t in zip(sets, truth)])
     assert top1 < 0.7 and covered >= 0.87, (top1, covered)  # 0.9 asked, up to sampling noise
@@ -274,7 +276,7 @@ def test_the_label_set_holds_the_right_label_as_often_as_asked_on_new_tasks() ->
 def test_conformal_mass_and_label_set_on_known_numbers() -> None:
     from dataclasses import replace
 
-    from backend.learning.student import conformal_mass, from_record, to_record
+    from backend.learning.student import conformal_mass
 
     probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.1, 0.3, 0.6]], dtype=np.float64)
     y = np.array([0, 1, 2, 2])  # the mass that first holds the right label: 0.7, 0.9, 1.0, 0.6
@@ -434,3 +436,57 @@ def test_selection_uses_the_bundled_vectors_by_default_and_a_broken_model_means_
     assert isinstance(broken, VectorSource) and isinstance(broken.embedder, GuardedEmbedder)
     with pytest.raises(EmbeddingsUnavailable):  # the selector's cue to fall back to lexical for the task
         broken.candidates("7", LexicalIndex(), "some text", 4)
+
+
+def test_the_student_reads_the_words_the_vector_misses() -> None:
+    """Vectors that carry nothing (noise) and a label that one word decides: only the words can learn it."""
+    from backend.learning.text_features import TextFeatures
+
+    rng = np.random.default_rng(2)
+    fillers = ["the", "order", "came", "today", "with", "a", "note", "and", "box"]
+    labels = [("positive", "superb"), ("negative", "dreadful")]
+    texts, y = [], []
+    for i in range(120):
+        label, word = labels[i % 2]
+        texts.append(" ".join(list(rng.choice(fillers, 5)) + [word]))
+        y.append(label)
+    noise = rng.normal(0, 1, (120, 16)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    both = train_student(noise, y, texts=texts)
+    vectors_only = train_student(noise, y)
+    assert both is not None and vectors_only is not None and both.features is not None
+    assert vectors_only.features is None and both.dims == vectors_only.dims == 16
+    fresh = ["a box came today superb", "dreadful note with the order"]
+    fresh_vectors = rng.normal(0, 1, (2, 16)).astype(np.float32)
+    assert [both.ranked(t, v)[0][0] for t, v in zip(fresh, fresh_vectors)] == ["positive", "negative"]
+    assert both.stats["cv_accuracy"] > 0.95 > 0.75 > vectors_only.stats["cv_accuracy"]
+    # stored as JSON and read back, it computes the same
+    again = from_record(to_record(both))
+    assert again.features is not None and again.features.vocabulary == both.features.vocabulary
+    assert np.allclose(again.features.idf, both.features.idf, atol=1e-5)
+    assert np.allclose(again.proba(again.inputs(fresh, fresh_vectors)), both.proba(both.inputs(fresh, fresh_vectors)),
+                       atol=1e-5)
+    with pytest.raises(ValueError):
+        TextFeatures.from_json({"kind": "tfidf", "ngrams": [1, 2], "vocabulary": ["a", "b"], "idf": [1.0]})
+
+
+def test_only_the_two_newest_students_keep_their_weights(tmp_path: Any) -> None:
+    from backend.store.db import make_engine, migrate
+    from backend.store.student_store import StudentStore
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    store = StudentStore(engine)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (40, 8)).astype(np.float32)
+    model = train_student(x, ["a", "b"] * 20)
+    assert model is not None
+    for version in (1, 2, 3, 4):
+        assert store.claim("7", "intent", version)
+        store.finish("7", "intent", version, to_record(model))
+    with engine.connect() as conn:
+        rows = {r["version"]: r for r in conn.execute(select(students_table)).mappings()}
+    assert {v: r["status"] for v, r in rows.items()} == {1: "replaced", 2: "replaced", 3: "ready", 4: "ready"}
+    assert rows[1]["coef"] is None and rows[4]["coef"] is not None
+    assert store.newest_version("7", "intent", 4) == 4 and store.load("7", "intent", 2) is None
+    assert not store.claim("7", "intent", 2)  # a replaced version is never trained again

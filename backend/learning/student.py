@@ -1,11 +1,12 @@
-"""The student: a multinomial logistic regression per single-choice `<Choices>` control, over the
-embedded WordLlama vectors of the task's text, trained on the project's reviewed examples.
+"""The student: a multinomial logistic regression per single-choice `<Choices>` control, over the words
+of the task's text (TF-IDF, `backend.learning.text_features`) and its WordLlama vector, trained on the
+project's reviewed examples.
 
 The model is scikit-learn's `LogisticRegression(C)` objective (C * cross-entropy summed + ||W||^2 / 2,
 intercept not penalised), fitted here by scipy's L-BFGS in float32, with one fixed class set (a fold
 missing a rare class still answers in the same columns). Measured on the 500-task test samples with
-all reviewed examples: Banking77 0.91, CLINC150 0.79, SST-2 0.75, TweetEval 0.53 (scikit-learn's
-lbfgs: 0.908 / 0.788 on the first two).
+all reviewed examples, vectors alone: Banking77 0.91, CLINC150 0.79, SST-2 0.75, TweetEval 0.53
+(scikit-learn's lbfgs: 0.908 / 0.788 on the first two); words and vectors: see text_features.
 
 Training also yields, from held-out probabilities (5-fold cross-validation up to CV_LIMIT examples;
 above, a stratified fifth held out from a model trained on the rest, after which the final model is
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from backend.learning.calibration import Curve, fit_curve, precision_threshold
+from backend.learning.text_features import TextFeatures, fit_features
 from backend.store.student_store import StudentRecord
 
 MIN_TRAIN = 10  # fewer reviewed examples (or one class only): no student
@@ -41,11 +43,13 @@ CV_LIMIT = 500  # up to this many examples: 5-fold cross-validation (6 fits); ab
 
 @dataclass(frozen=True)
 class StudentModel:
-    """A trained student: weights (dims x classes), intercepts, label values, calibration, threshold."""
+    """A trained student: weights (inputs x classes), intercepts, label values, calibration, threshold.
+    Its inputs are the text's words (`features`; None: a student of vectors only) then its vector."""
 
     classes: tuple[str, ...]
-    coef: np.ndarray  # float32, (dims, classes)
+    coef: np.ndarray  # float32, (terms + vector dims, classes)
     intercept: np.ndarray  # float32, (classes,)
+    features: TextFeatures | None = None
     top: Curve = field(default_factory=Curve)
     any: Curve = field(default_factory=Curve)
     threshold: float = 2.0
@@ -57,15 +61,21 @@ class StudentModel:
 
     @property
     def dims(self) -> int:
-        return int(self.coef.shape[0])
+        """The embedding vector's dimensions the student expects."""
+        return int(self.coef.shape[0]) - (self.features.terms if self.features is not None else 0)
 
-    def proba(self, vectors: np.ndarray) -> np.ndarray:
-        """(rows, classes) softmax probabilities for unit vectors of the task texts."""
-        return _softmax(np.atleast_2d(vectors).astype(np.float32) @ self.coef + self.intercept)
+    def inputs(self, texts: Sequence[str], vectors: np.ndarray) -> Any:
+        """The student's input rows for the texts and their unit vectors (sparse with words)."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        return vectors if self.features is None else self.features.matrix(texts, vectors)
 
-    def ranked(self, vector: np.ndarray) -> list[tuple[str, float]]:
+    def proba(self, inputs: Any) -> np.ndarray:
+        """(rows, classes) softmax probabilities for input rows (`inputs`)."""
+        return _softmax(np.asarray(inputs @ self.coef) + self.intercept)
+
+    def ranked(self, text: str, vector: np.ndarray) -> list[tuple[str, float]]:
         """(label, raw probability), most probable first, for one task."""
-        p = self.proba(vector)[0]
+        p = self.proba(self.inputs([text], vector))[0]
         order = np.argsort(-p, kind="stable")
         return [(self.classes[i], float(p[i])) for i in order]
 
@@ -88,6 +98,7 @@ def to_record(model: StudentModel) -> StudentRecord:
     """The student as the store keeps it (arrays and JSON)."""
     return StudentRecord(
         classes=model.classes, coef=model.coef, intercept=model.intercept,
+        features=model.features.as_json() if model.features is not None else None,
         calibration={"top": model.top.as_json(), "any": model.any.as_json(), "threshold": model.threshold,
                      "set_mass": model.set_mass},
         n_examples=model.n_examples, version=model.version, embedder=model.embedder, stats=model.stats,
@@ -104,8 +115,11 @@ def from_record(record: StudentRecord) -> StudentModel:
         set_mass = None if set_mass is None else float(set_mass)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"student v{record.version}: not a calibration: {exc}") from exc
+    features = TextFeatures.from_json(record.features) if record.features is not None else None
+    if features is not None and features.terms >= record.coef.shape[0]:
+        raise ValueError(f"student v{record.version}: its weights do not cover its vocabulary")
     return StudentModel(
-        classes=record.classes, coef=record.coef, intercept=record.intercept,
+        classes=record.classes, coef=record.coef, intercept=record.intercept, features=features,
         top=Curve.from_json(top), any=Curve.from_json(any_), threshold=threshold, set_mass=set_mass,
         n_examples=record.n_examples, version=record.version, embedder=record.embedder, stats=record.stats,
     )
@@ -117,9 +131,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, c: float, max_iter: int = 100,
+def fit_softmax(x: Any, y: np.ndarray, k: int, c: float, max_iter: int = 100,
                 init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(coef (dims, k), intercept (k,)) minimising C * sum(cross-entropy) + ||coef||^2 / 2.
+    """(coef (dims, k), intercept (k,)) minimising C * sum(cross-entropy) + ||coef||^2 / 2, for dense or
+    scipy-sparse rows x.
 
     The objective is divided by C * n (same minimum) so L-BFGS sees a well-scaled function."""
     from scipy.optimize import minimize
@@ -134,10 +149,10 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, c: float, max_iter: int = 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         coef = w[: d * k].reshape(d, k).astype(np.float32)
         bias = w[d * k:].astype(np.float32)
-        p = _softmax(x @ coef + bias)
+        p = _softmax(np.asarray(x @ coef) + bias)
         loss = -float(np.log(p[rows, y] + 1e-30).mean()) + 0.5 * lam * float((coef * coef).sum())
         g = (p - onehot) / n
-        grad = np.concatenate([(x.T @ g + lam * coef).ravel(), g.sum(axis=0)])
+        grad = np.concatenate([(np.asarray(x.T @ g) + lam * coef).ravel(), g.sum(axis=0)])
         return loss, grad.astype(np.float64)
 
     start = np.zeros(d * k + k) if init is None else init
@@ -173,10 +188,11 @@ def conformal_mass(probs: np.ndarray, y: np.ndarray, coverage: float) -> float |
 
 
 def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, precision: float = 0.95,
-                  seed: int = 0, n_folds: int | None = None, coverage: float = 0.95) -> StudentModel | None:
-    """Fit the student and its calibration on (unit vector, label value) pairs; None when there is
-    too little to learn from (fewer than MIN_TRAIN examples or a single class). `coverage` is the
-    label set's (0: none)."""
+                  seed: int = 0, n_folds: int | None = None, coverage: float = 0.95,
+                  texts: Sequence[str] | None = None) -> StudentModel | None:
+    """Fit the student and its calibration on (unit vector, label value) pairs, and on the words of
+    `texts` when given; None when there is too little to learn from (fewer than MIN_TRAIN examples or
+    a single class). `coverage` is the label set's (0: none)."""
     began = time.perf_counter()
     labels = list(labels)
     classes = tuple(sorted(set(labels)))
@@ -184,7 +200,10 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         return None
     index = {label: i for i, label in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
+    features = fit_features(texts) if texts is not None else None
     x = np.asarray(vectors, dtype=np.float32)
+    if features is not None and texts is not None:
+        x = features.matrix(texts, x)
     k = len(classes)
     n = len(labels)
     folds = _folds(y, n_folds or 5, seed)
@@ -199,7 +218,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
                 continue
             train = np.setdiff1d(np.arange(n), held, assume_unique=True)
             fold_coef, fold_bias = fit_softmax(x[train], y[train], k, c)
-            oof[held] = _softmax(x[held] @ fold_coef + fold_bias)
+            oof[held] = _softmax(np.asarray(x[held] @ fold_coef) + fold_bias)
         method = f"{len(folds)}-fold"
     else:
         # one stratified fifth held out (a model from scratch on the rest), then the final model on
@@ -207,7 +226,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         held_out = folds[0]
         train = np.setdiff1d(np.arange(n), held_out, assume_unique=True)
         part_coef, part_bias = fit_softmax(x[train], y[train], k, c)
-        oof = _softmax(x[held_out] @ part_coef + part_bias).astype(np.float32)
+        oof = _softmax(np.asarray(x[held_out] @ part_coef) + part_bias).astype(np.float32)
         start = np.concatenate([part_coef.ravel(), part_bias]).astype(np.float64)
         coef, bias = fit_softmax(x, y, k, c, max_iter=40, init=start)
         fitted = time.perf_counter() - began
@@ -226,6 +245,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         classes=classes,
         coef=coef,
         intercept=bias,
+        features=features,
         top=fit_curve(top_prob, right),
         any=fit_curve(pair_prob, pair_right),
         threshold=threshold,

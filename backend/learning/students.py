@@ -76,6 +76,7 @@ class StudentPolicy:
     debounce: float = 5.0
     hint_labels: int = 5
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
+    words: bool = True  # the student reads the text's words beside its vector (STUDENT_FEATURES)
     refresh_seconds: float = 2.0
 
 
@@ -215,7 +216,8 @@ class Trainer:
                 if len(texts) >= 2:
                     vectors = self._vectors(texts)
                     model = train_student(vectors, labels, self.policy.c, self.policy.precision,
-                                          coverage=self.policy.set_coverage)
+                                          coverage=self.policy.set_coverage,
+                                          texts=texts if self.policy.words else None)
                 if model is not None:
                     model = StudentModel(**{**model.__dict__, "version": version, "embedder": self.embedder.model})
                 self.store.finish(project_id, control.name, version, to_record(model) if model else None)
@@ -309,7 +311,7 @@ class Students:
             if model.dims != vector.shape[0]:
                 continue
             allowed = {label.value for label in control.labels}
-            ranked = [(label, p) for label, p in model.ranked(vector) if label in allowed]
+            ranked = [(label, p) for label, p in model.ranked(text, vector) if label in allowed]
             if ranked:
                 out.append(_Scored(control, model, ranked))
         return out
@@ -431,6 +433,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         debounce=settings.student_debounce_seconds,
         hint_labels=settings.student_hint_labels,
         set_coverage=settings.student_set_coverage,
+        words=settings.student_features == "words+vectors",
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)

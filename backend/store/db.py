@@ -164,6 +164,7 @@ students = Table(
     Column("n_examples", Integer, nullable=True),
     Column("stats", Text, nullable=True),  # JSON: cross-validated accuracy, seconds, folds
     Column("created_at", Float, nullable=True),
+    Column("features", Text, nullable=True),  # JSON: the text features' vocabulary and idf (None: vectors only)
 )
 
 jobs = Table(
@@ -199,7 +200,7 @@ review_tabs = Table(
     Column("claimed_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _insert_ignoring(conn: Connection, table: Table) -> Any:
@@ -354,6 +355,11 @@ def _migration_9(conn: Connection) -> None:
     each project got): new tables, made by create_all."""
 
 
+def _migration_10(conn: Connection) -> None:
+    """students.features (the words a student reads beside the vector)."""
+    _add_missing_columns(conn, students)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
@@ -364,6 +370,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (7, _migration_7),
     (8, _migration_8),
     (9, _migration_9),
+    (10, _migration_10),
 ]
 
 

@@ -35,6 +35,7 @@ class StudentRecord:
     version: int
     embedder: str
     stats: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] | None = None  # JSON: the text features' vocabulary and weights (None: vectors only)
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,24 @@ class StudentStore:
                 calibration=json.dumps(model.calibration),
                 n_examples=model.n_examples,
                 stats=json.dumps(model.stats),
+                features=json.dumps(model.features, ensure_ascii=False) if model.features is not None else None,
             )
         with write(self.engine) as conn:
             conn.execute(students.update().where(key).values(**values))
+            if model is not None:
+                self._prune(conn, project_id, control, version)
+
+    def _prune(self, conn: Any, project_id: str, control: str, version: int, keep: int = 2) -> None:
+        """Drop the weights of ready students older than the `keep` newest: a student with words weighs
+        megabytes, and a project retrains after every burst of reviews. The rows stay (status
+        `replaced`), so a version is never claimed and trained again."""
+        t = students.c
+        mine = and_(t.project_id == project_id, t.control == control, t.status == "ready")
+        kept = [r.version for r in conn.execute(
+            select(t.version).where(mine).where(t.version <= version).order_by(t.version.desc()).limit(keep))]
+        if len(kept) == keep:
+            conn.execute(students.update().where(mine).where(t.version < kept[-1])
+                         .values(status="replaced", coef=None, intercept=None, features=None))
 
     def state(self, project_id: str, control: str, version: int) -> StudentState | None:
         t = students.c
@@ -144,4 +160,5 @@ class StudentStore:
             version=int(row["version"]),
             embedder=str(row["embedder"] or ""),
             stats=json.loads(row["stats"] or "{}"),
+            features=json.loads(row["features"]) if row["features"] else None,
         )
