@@ -301,6 +301,12 @@ class Settings(BaseSettings):
         description="what the student reads: the text's words (TF-IDF of 1- and 2-grams) and its WordLlama "
         "vector, or the vector only (smaller students: megabytes less per stored version with many labels)",
     )
+    student_referee_sample: int = Field(
+        default=40, ge=0, le=1000, validation_alias="STUDENT_REFEREE_SAMPLE",
+        description="cascade: after training, the LLM answers this many held-out reviewed examples the student "
+        "is unsure of; the student then also answers every task where its calibrated probability is at least "
+        "the LLM's accuracy there (0: only the STUDENT_PRECISION threshold)",
+    )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",
         description="once a student has STUDENT_MIN_EXAMPLES, the LLM chooses a large label set's label "

@@ -302,7 +302,7 @@ def test_trainer_debounces_a_burst_into_one_training_of_the_newest_version() -> 
     policy = students_module.StudentPolicy(debounce=5.0)
     trainer = students_module.Trainer(None, None, None, policy, clock=clock)  # type: ignore[arg-type]
     trained: list[tuple[str, int]] = []
-    trainer.train = lambda project_id, spec, version: trained.append((project_id, version)) or {}  # type: ignore
+    trainer.train = lambda project_id, spec, version, plan=None: trained.append((project_id, version)) or {}  # type: ignore
     spec = build_task_spec(SENT)
     try:
         for version in (1, 2, 3):  # the example set changes three times within the quiet time

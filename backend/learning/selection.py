@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -331,6 +331,11 @@ def select_examples(
     return choose_for_task(index.entries, lexical_candidates(index, text, k), spec, k, token_budget)[1]
 
 
+def _entry_text(entry: Entry, spec: TaskSpec) -> str:
+    """An example's text as a task's is joined for selection."""
+    return " ".join(str(entry.example.data.get(key, "")) for _, key in spec.objects)
+
+
 def _tokens(entry: Entry) -> int:
     size = sum(len(str(v)) for v in entry.example.data.values()) + 40 * max(1, len(entry.example.result))
     return size // 4 + 8
@@ -452,30 +457,36 @@ class Selector:
             project.refreshing.release()
 
     def choose(
-        self, project_id: str | None, index: LexicalIndex, spec: TaskSpec, text: str
+        self, project_id: str | None, index: LexicalIndex, spec: TaskSpec, text: str, held_out: bool = False
     ) -> tuple[TaskSpec, list[Entry]]:
         """Embeddings similarity when configured and reachable, else the lexical default (the vector
-        source logs one warning line per outage)."""
+        source logs one warning line per outage). `held_out`: the task is a reviewed example asked again,
+        so examples with its very text are left out and the student (trained on it) does not lead."""
         lead = None
-        if self.lead is not None and any(needs_shortlist(c, self.shortlist.threshold) for c in spec.controls):
+        if (self.lead is not None and not held_out
+                and any(needs_shortlist(c, self.shortlist.threshold) for c in spec.controls)):
             lead = self.lead(project_id, spec, text)
+        candidates = None
         if self.vectors is not None:
             try:
-                candidates = self.vectors.candidates(project_id, index, text, self.k)
-                return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist,
-                                       lead)
+                candidates = self.vectors.candidates(project_id, index, text, self.k + int(held_out))
             except self.vectors.unavailable:
                 log.debug("project %s: lexical selection for this task (embeddings unavailable)", project_id)
-        candidates = lexical_candidates(index, text, self.k, self._lexicon)
+        if candidates is None:
+            candidates = lexical_candidates(index, text, self.k + int(held_out), self._lexicon)
+        if held_out:
+            candidates = replace(candidates, hits=[(s, a) for s, a in candidates.hits
+                                                   if _entry_text(index.entries[a], spec) != text])
         return choose_for_task(index.entries, candidates, spec, self.k, self.token_budget, self.shortlist, lead)
 
-    def context(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str]) -> TaskContext:
-        """The (possibly shortlisted) spec and the few-shot examples for one task."""
+    def context(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str],
+                held_out: bool = False) -> TaskContext:
+        """The (possibly shortlisted) spec and the few-shot examples for one task (`held_out`: see choose)."""
         shortlisting = any(needs_shortlist(c, self.shortlist.threshold) for c in spec.controls)
         index = self.index(project_id) if project_id is not None and self.k > 0 else LexicalIndex()
         if not index.entries and not shortlisting:
             return TaskContext(spec, ())
-        narrowed, chosen = self.choose(project_id, index, spec, " ".join(texts.values()))
+        narrowed, chosen = self.choose(project_id, index, spec, " ".join(texts.values()), held_out)
         out = [ex for ex in (entry_to_example(e, narrowed) for e in chosen) if ex is not None]
         if out:
             log.debug(

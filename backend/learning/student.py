@@ -42,6 +42,17 @@ CV_LIMIT = 500  # up to this many examples: 5-fold cross-validation (6 fits); ab
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """What training saw of examples a model had not trained on: their positions in the training set,
+    the student's top probability and whether its top label was right. Kept only in memory, for the
+    referee (which asks the LLM the same examples)."""
+
+    index: np.ndarray
+    top: np.ndarray
+    right: np.ndarray
+
+
+@dataclass(frozen=True)
 class StudentModel:
     """A trained student: weights (inputs x classes), intercepts, label values, calibration, threshold.
     Its inputs are the text's words (`features`; None: a student of vectors only) then its vector."""
@@ -58,6 +69,8 @@ class StudentModel:
     version: int = 0
     embedder: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    held_out: HeldOut | None = field(default=None, repr=False, compare=False)  # right after training only
+    referee: dict[str, Any] | None = None  # JSON: the LLM measured where the student is unsure (learning.referee)
 
     @property
     def dims(self) -> int:
@@ -100,7 +113,7 @@ def to_record(model: StudentModel) -> StudentRecord:
         classes=model.classes, coef=model.coef, intercept=model.intercept,
         features=model.features.as_json() if model.features is not None else None,
         calibration={"top": model.top.as_json(), "any": model.any.as_json(), "threshold": model.threshold,
-                     "set_mass": model.set_mass},
+                     "set_mass": model.set_mass, "referee": model.referee},
         n_examples=model.n_examples, version=model.version, embedder=model.embedder, stats=model.stats,
     )
 
@@ -113,13 +126,16 @@ def from_record(record: StudentRecord) -> StudentModel:
         threshold = float(threshold)
         set_mass = record.calibration.get("set_mass")  # absent in students trained before label sets
         set_mass = None if set_mass is None else float(set_mass)
+        referee = record.calibration.get("referee")
+        if referee is not None and not isinstance(referee, dict):
+            raise ValueError("the referee's verdict is not an object")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"student v{record.version}: not a calibration: {exc}") from exc
     features = TextFeatures.from_json(record.features) if record.features is not None else None
     if features is not None and features.terms >= record.coef.shape[0]:
         raise ValueError(f"student v{record.version}: its weights do not cover its vocabulary")
     return StudentModel(
-        classes=record.classes, coef=record.coef, intercept=record.intercept, features=features,
+        classes=record.classes, coef=record.coef, intercept=record.intercept, features=features, referee=referee,
         top=Curve.from_json(top), any=Curve.from_json(any_), threshold=threshold, set_mass=set_mass,
         n_examples=record.n_examples, version=record.version, embedder=record.embedder, stats=record.stats,
     )
@@ -250,6 +266,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         any=fit_curve(pair_prob, pair_right),
         threshold=threshold,
         set_mass=conformal_mass(oof, y, coverage),
+        held_out=HeldOut(held_out, top_prob, right),
         n_examples=len(labels),
         stats={
             "cv_accuracy": round(float(right.mean()), 4),

@@ -11,7 +11,9 @@ for it and reads the previous student meanwhile.
 STUDENT_MODE:
 - `cascade`: when every control of the config is a single-choice `<Choices>` whose student has at
   least `min_examples` reviewed examples and whose top probability reaches its cross-validated
-  threshold, the task is answered by the students with no LLM call; otherwise as `hint`;
+  threshold, or whose calibrated probability is at least the LLM's accuracy measured by the referee
+  on held-out examples the student was unsure of (backend.learning.referee), the task is answered by
+  the students with no LLM call; otherwise as `hint`;
 - `hint`: the student's top labels lead the label shortlist, the LLM decides; once the student has
   `min_examples`, its label set (the top labels that held the right one for STUDENT_SET_COVERAGE of
   the held-out examples) is the whole shortlist of a large label set;
@@ -32,12 +34,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.learning.referee import Judge, Verdict, judge_llm, still_valid
 from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
 from backend.store.student_store import StudentStore
@@ -77,6 +80,7 @@ class StudentPolicy:
     hint_labels: int = 5
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
     words: bool = True  # the student reads the text's words beside its vector (STUDENT_FEATURES)
+    referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
     refresh_seconds: float = 2.0
 
 
@@ -99,8 +103,15 @@ def task_text(spec: TaskSpec, data: Mapping[str, Any]) -> str | None:
 
 def training_set(spec: TaskSpec, control: ControlSpec, rows: Sequence[Any]) -> tuple[list[str], list[str]]:
     """(texts, labels) of the live reviewed examples that give `control` exactly one of its labels."""
+    texts, labels, _ = training_rows(spec, control, rows)
+    return texts, labels
+
+
+def training_rows(spec: TaskSpec, control: ControlSpec,
+                  rows: Sequence[Any]) -> tuple[list[str], list[str], list[Mapping[str, Any]]]:
+    """training_set with each example's task data (what the referee asks the LLM)."""
     allowed = {label.value for label in control.labels}
-    texts, labels = [], []
+    texts, labels, datas = [], [], []
     for row in rows:
         chosen = result_labels_of(control, row.result)
         text = task_text(spec, row.data)
@@ -108,7 +119,8 @@ def training_set(spec: TaskSpec, control: ControlSpec, rows: Sequence[Any]) -> t
             continue
         texts.append(text)
         labels.append(chosen[0])
-    return texts, labels
+        datas.append(row.data)
+    return texts, labels, datas
 
 
 @dataclass
@@ -116,6 +128,7 @@ class _Wanted:
     spec: TaskSpec
     version: int
     due: float
+    plan: Any = None  # the project's plan, for the referee's LLM calls (None: no referee this time)
 
 
 @dataclass
@@ -143,16 +156,19 @@ class Trainer:
         self._stopping = False
         self.trained = 0  # trainings this process ran (tests, benchmarks)
         self.busy = False
+        self.judge: Judge | None = None  # the LLM on a held-out example (set by the composition root)
 
-    def want(self, project_id: str, spec: TaskSpec, version: int) -> None:
+    def want(self, project_id: str, spec: TaskSpec, version: int, plan: Any = None) -> None:
         """Ask for the project's students at `version`: trained `debounce` s after the first request of a
         burst (later requests raise the version, not the delay). Never blocks."""
         with self._cond:
             current = self._wanted.get(project_id)
             if current is None:
-                self._wanted[project_id] = _Wanted(spec, version, self.clock() + self.policy.debounce)
+                self._wanted[project_id] = _Wanted(spec, version, self.clock() + self.policy.debounce, plan)
             elif version > current.version:
                 current.version, current.spec = version, spec
+            if current is not None and plan is not None:
+                current.plan = plan
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="lsllm-student-trainer", daemon=True)
                 self._thread.start()
@@ -192,16 +208,17 @@ class Trainer:
                 del self._wanted[project_id]
                 self.busy = True
             try:
-                self.train(project_id, wanted.spec, wanted.version)
+                self.train(project_id, wanted.spec, wanted.version, wanted.plan)
             except Exception:  # noqa: BLE001 - a failed training must not stop the thread
                 log.exception("project %s: student training failed", project_id)
             finally:
                 with self._cond:
                     self.busy = False
 
-    def train(self, project_id: str, spec: TaskSpec, version: int) -> dict[str, StudentModel | None]:
-        """Train every student control of `spec` this process can claim at `version`, store each
-        (ready, empty or failed) and return what was trained. Runs on the caller's thread."""
+    def train(self, project_id: str, spec: TaskSpec, version: int, plan: Any = None) -> dict[str, StudentModel | None]:
+        """Train every student control of `spec` this process can claim at `version`, have the referee
+        measure the LLM where it is unsure (cascade, with a plan), store each (ready, empty or failed)
+        and return what was trained. Runs on the caller's thread."""
         claimed = [c for c in student_controls(spec) if self.store.claim(project_id, c.name, version)]
         if not claimed:
             return {}
@@ -211,7 +228,7 @@ class Trainer:
                 rows = self.examples.all_rows(conn, project_id, ["live"])
             for control in claimed:
                 began = time.perf_counter()
-                texts, labels = training_set(spec, control, rows)
+                texts, labels, datas = training_rows(spec, control, rows)
                 model = None
                 if len(texts) >= 2:
                     vectors = self._vectors(texts)
@@ -219,7 +236,8 @@ class Trainer:
                                           coverage=self.policy.set_coverage,
                                           texts=texts if self.policy.words else None)
                 if model is not None:
-                    model = StudentModel(**{**model.__dict__, "version": version, "embedder": self.embedder.model})
+                    model = replace(model, version=version, embedder=self.embedder.model)
+                    model = replace(model, referee=self._verdict(project_id, control, model, datas, labels, plan))
                 self.store.finish(project_id, control.name, version, to_record(model) if model else None)
                 self.trained += 1
                 out[control.name] = model
@@ -236,6 +254,29 @@ class Trainer:
                         pass
             raise
         return out
+
+    def _verdict(self, project_id: str, control: ControlSpec, model: StudentModel, datas: Sequence[Mapping[str, Any]],
+                 labels: Sequence[str], plan: Any) -> dict[str, Any] | None:
+        """The referee's verdict for this student: the previous student's while it holds, else measured
+        now (cascade only, once the student may answer alone, with a judge and a plan)."""
+        if (self.policy.mode != "cascade" or self.judge is None or self.policy.referee_sample <= 0
+                or model.n_examples < self.policy.min_examples):
+            return None
+        previous = None
+        try:
+            newest = self.store.newest_version(project_id, control.name, model.version - 1)
+            record = self.store.load(project_id, control.name, newest) if newest is not None else None
+            if record is not None and record.calibration.get("referee"):
+                previous = Verdict.from_json(record.calibration["referee"])
+        except (SQLAlchemyError, ValueError):
+            previous = None
+        if still_valid(previous, model.n_examples):
+            return previous.as_json() if previous is not None else None
+        if plan is None:
+            return None
+        verdict = judge_llm(model, datas, labels, control.name, self.judge, plan, project_id,
+                            self.policy.referee_sample)
+        return verdict.as_json() if verdict is not None else None
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
         """The texts' vectors: each text embedded once (a repeated text is one row of work)."""
@@ -273,7 +314,7 @@ class Students:
         self.trainer.close()
 
     # --- which student -------------------------------------------------------------------------
-    def student(self, project_id: str, spec: TaskSpec, control: ControlSpec) -> StudentModel | None:
+    def student(self, project_id: str, spec: TaskSpec, control: ControlSpec, plan: Any = None) -> StudentModel | None:
         """The control's newest ready student (looked up at most every refresh_seconds); asks for a
         new one when the example-set version has moved past it. Never trains on this thread."""
         key = (project_id, control.name)
@@ -292,16 +333,16 @@ class Students:
             state = self.store.state(project_id, control.name, version)
             if state is None or (state.status == "training" and time.time() - state.claimed_at
                                  > self.store.stale_seconds):
-                self.trainer.want(project_id, spec, version)
+                self.trainer.want(project_id, spec, version, plan)
             known.asked = version
         with self._lock:
             known.model = model
         return model
 
-    def _scored(self, project_id: str | None, spec: TaskSpec, text: str) -> list[_Scored]:
+    def _scored(self, project_id: str | None, spec: TaskSpec, text: str, plan: Any = None) -> list[_Scored]:
         if project_id is None or self.policy.mode == "off":
             return []
-        found = [(c, self.student(project_id, spec, c)) for c in student_controls(spec)]
+        found = [(c, self.student(project_id, spec, c, plan)) for c in student_controls(spec)]
         ready = [(c, m) for c, m in found if m is not None]
         if not ready:
             return []
@@ -333,22 +374,24 @@ class Students:
         """A ready Label Studio prediction when the cascade may answer without the LLM, else None."""
         if self.policy.mode != "cascade":
             return None
-        return self._guard("answer", lambda: self._answer(plan.spec, project_id, texts, model_version), None)
+        return self._guard("answer", lambda: self._answer(plan, project_id, texts, model_version), None)
 
-    def _answer(self, spec: TaskSpec, project_id: str | None, texts: Mapping[str, str],
+    def _answer(self, plan: Any, project_id: str | None, texts: Mapping[str, str],
                 model_version: str) -> dict[str, Any] | None:
+        spec = plan.spec
         controls = student_controls(spec)
         if not controls or len(controls) != len(spec.controls):
             return None
-        scored = self._scored(project_id, spec, " ".join(texts.values()))
+        scored = self._scored(project_id, spec, " ".join(texts.values()), plan)
         if len(scored) != len(controls):
             return None
         result, score = [], 1.0
         for s in scored:
             label, p = s.ranked[0]
-            if s.model.n_examples < self.policy.min_examples or p < s.model.threshold:
-                return None
             calibrated = float(s.model.top(p))
+            if s.model.n_examples < self.policy.min_examples or not (p >= s.model.threshold
+                                                                       or _likelier_than_llm(s.model, calibrated)):
+                return None
             score *= calibrated
             result.append({
                 "id": region_id(s.control.name, label),
@@ -420,6 +463,13 @@ class Students:
 
 
 
+def _likelier_than_llm(model: StudentModel, calibrated: float) -> bool:
+    """The referee found the LLM right less often, on tasks like the ones the student is unsure of, than
+    the student's calibrated probability for this task (learning.referee)."""
+    llm = (model.referee or {}).get("llm_accuracy")
+    return llm is not None and calibrated >= float(llm)
+
+
 def build_students(settings: Any, examples: ExampleStore, versions: VersionSource, embedder: TextEmbedder,
                    metrics: StudentMetrics | None = None) -> Students | None:
     """The students for a service from its settings (None with STUDENT_MODE=off)."""
@@ -434,6 +484,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         hint_labels=settings.student_hint_labels,
         set_coverage=settings.student_set_coverage,
         words=settings.student_features == "words+vectors",
+        referee_sample=settings.student_referee_sample,
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)

@@ -32,9 +32,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What a task's prompt is made of: (project id, spec, task texts) -> the spec for this task (narrowed to
-# a label shortlist when the label set is large) and its few-shot examples, most similar last.
-ContextSource = Callable[[str | None, TaskSpec, Mapping[str, str]], TaskContext]
+class ContextSource(Protocol):
+    """What a task's prompt is made of: (project id, spec, task texts) -> the spec for this task (narrowed
+    to a label shortlist when the label set is large) and its few-shot examples, most similar last.
+    `held_out`: the task is a reviewed example asked again (backend.predict.referee), so its own
+    example and the student that trained on it stay out (passed only when true)."""
+
+    def __call__(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str], /) -> TaskContext: ...
 
 # The span hook (backend.learning.span_cascade, STUDENT_MODE=cascade): (spec, task data, the LLM's regions,
 # the task's gazetteer candidates) -> the regions to send. Runs before validation, like every region.
@@ -134,10 +138,14 @@ class TaskPipeline:
         self.documents = DocumentRunner(settings)  # long texts in chunks, PII masking
 
     # --- one task ------------------------------------------------------------------------------
-    def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None) -> TaskPrompt:
+    def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None,
+               held_out: bool = False) -> TaskPrompt:
         """The request for one task: its context (shortlisted spec, examples), schema and messages."""
         mode = self.llm.response_mode
-        context = self.context(project_id, plan.spec, texts)
+        if held_out:
+            context = self.context(project_id, plan.spec, texts, held_out=True)  # type: ignore[call-arg]
+        else:
+            context = self.context(project_id, plan.spec, texts)
         messages = self.renderer.messages(
             context.spec,
             texts,
@@ -187,6 +195,21 @@ class TaskPipeline:
         if self.student is not None and result.item:  # the score: calibrated on the reviewed examples
             result.item = self.student.rescore(plan, project_id, texts, result.item)
         return result
+
+    def held_out(self, plan: ProjectPlan, project_id: str, data: Mapping[str, Any], what: str) -> TaskResult:
+        """The LLM's prediction for a reviewed example, asked as a new task would be, but with neither
+        that example nor the student (which trained on it) in its prompt: how the LLM does on tasks it
+        has not seen answered (backend.predict.referee). Never the cascade, never urgent."""
+        task = {"id": None, "data": dict(data)}
+        try:
+            texts = task_texts(plan.spec, task)
+        except ValueError as exc:
+            return TaskResult([], error=str(exc), reason="bad_task")
+        prompt = self.prompt(plan, texts, project_id, held_out=True)
+        answer = self._complete(plan, prompt.messages, prompt.schema, None, what, urgent=False)
+        if isinstance(answer, TaskResult):
+            return answer
+        return self.finish(plan, task, prompt, answer, "held-out")
 
     def finish(
         self, plan: ProjectPlan, task: Mapping[str, Any], prompt: TaskPrompt, answer: LLMAnswer, model_version: str

@@ -81,6 +81,7 @@ class PointRun:
     predict_seconds: float = 0.0
     removed_regions: float = 0.0  # regions the pipeline dropped as invalid during this point
     student_trained: bool = False  # a student model was trained on this point's examples before predicting
+    referee: dict[str, Any] = field(default_factory=dict)  # control -> the referee's verdict (cascade)
 
 
 def parse_points(text: str) -> tuple[int | None, ...]:
@@ -212,13 +213,26 @@ class Evaluation:
         if students is None or trainer is None or not hasattr(trainer, "wait_idle"):
             return False
         controls = single_choice_controls(self.plan.spec)
-        for control in controls:
-            students.student(self.pid, self.plan.spec, control)  # asks the trainer for the current version
+        for control in controls:  # asks the trainer for the current version (with the plan: the referee's calls)
+            students.student(self.pid, self.plan.spec, control, self.plan)
         if not trainer.wait_idle(timeout):
             raise TimeoutError(f"student training still running after {timeout:.0f} s")
         # the students' lookup cache answers the previous student for refresh_seconds after a lookup
         time.sleep(float(getattr(getattr(students, "policy", None), "refresh_seconds", 0.0)))
         return bool(controls)
+
+    def verdicts(self) -> dict[str, Any]:
+        """control -> the referee's verdict on the current students (what the LLM got right where they
+        were unsure; its calls are not in the point's token counts)."""
+        students = getattr(self.model.predictor.pipeline, "student", None)
+        if students is None:
+            return {}
+        out = {}
+        for control in single_choice_controls(self.plan.spec):
+            model = students.student(self.pid, self.plan.spec, control)
+            if model is not None and model.referee:
+                out[control.name] = model.referee
+        return out
 
     def warm_selection(self) -> None:
         """Bring the selection index (and the example vectors, with embeddings) up to the store now, on
@@ -277,6 +291,7 @@ class Evaluation:
         started = time.perf_counter()
         self.feed(train, order, upto)
         run.student_trained = self.settle_students()
+        run.referee = self.verdicts()
         self.warm_selection()
         run.feed_seconds = time.perf_counter() - started
         run.store = self.model.examples.counts(self.pid)
@@ -340,7 +355,7 @@ def score_point(run: PointRun, plan: ProjectPlan, test: Sequence[Mapping[str, An
         "cached_tasks": sum(1 for r in results if r.cached),
         "invalid_regions": sum(invalid_regions(plan, test[i]["data"], item) for i, item in zip(ids, items)),
         "removed_invalid_regions": run.removed_regions, "student_trained": run.student_trained,
-        "outcomes": _count(r.reason for r in results),
+        "outcomes": _count(r.reason for r in results), "referee": run.referee,
         "answered_by": _count(answered_by(r) for r, it in zip(results, items) if it is not None),
     }
     scores = [it.get("score") if it is not None else None for it in items]

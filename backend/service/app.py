@@ -102,6 +102,8 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     predictor = Predictor(settings, llm, metrics, context=selector.context)
     predictor.pipeline.spans = span_hook(settings, metrics)  # gazetteer spans beside the LLM's (cascade)
     predictor.pipeline.student = students  # <Choices> students: cascade, hint, calibrated scores
+    if students is not None:
+        students.trainer.judge = predictor.pipeline.held_out  # the referee asks the LLM through the pipeline
     learner = Learner(
         engine,
         examples,

@@ -1,0 +1,155 @@
+"""The referee (backend.learning.referee): after training, the LLM answers held-out reviewed examples the
+student is unsure of, without that example or the student in its prompt; the cascade then lets the
+student answer wherever its calibrated probability beats the LLM's measured accuracy."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import json_answer
+from test_student import LABELS, SENT, WORDS, model_of, predict, text_for
+from webhook_payloads import annotation_event, choice
+
+from backend.learning.referee import Verdict, deferred_sample, judge_llm, still_valid
+from backend.learning.student import train_student
+from converters.task_spec import build_task_spec
+
+T0 = 1_790_000_000.0
+
+
+@dataclass
+class Answered:
+    item: Any
+    reason: str = "ok"
+
+
+def noisy_model() -> tuple[Any, list[str]]:
+    """A student on overlapping classes with a demanding precision: many held-out examples are unsure."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 1, (3, 12)).astype(np.float32) * 0.8
+    y = rng.integers(0, 3, 90)
+    x = (centres[y] + rng.normal(0, 1, (90, 12))).astype(np.float32)
+    labels = [LABELS[i] for i in y]
+    model = train_student(x, labels, precision=0.99)
+    assert model is not None and model.held_out is not None
+    return model, labels
+
+
+def region(label: str) -> dict[str, Any]:
+    return {"result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
+                        "value": {"choices": [label]}}]}
+
+
+def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_examples() -> None:
+    model, labels = noisy_model()
+    sample = deferred_sample(model, 20)
+    held = model.held_out
+    assert held is not None and len(sample) == 20
+    assert all(held.top[i] < model.threshold for i in sample)  # only examples the cascade would not answer
+    datas = [{"text": f"example {i}"} for i in range(len(labels))]
+    asked: list[str] = []
+
+    def judge(plan: Any, project_id: str, data: Any, what: str) -> Answered:
+        asked.append(data["text"])
+        position = int(data["text"].split()[1])
+        if position % 5 == 0:
+            return Answered([], reason="llm_timeout")  # a failed call: not counted either way
+        right = position % 2 == 0
+        return Answered(region(labels[position] if right else next(lab for lab in LABELS if lab != labels[position])))
+
+    verdict = judge_llm(model, datas, labels, "sentiment", judge, None, "7", 20)
+    assert verdict is not None and len(asked) == 20
+    answered = [int(held.index[i]) for i in sample if int(held.index[i]) % 5 != 0]
+    assert verdict.n == len(answered)
+    assert verdict.llm_accuracy == sum(p % 2 == 0 for p in answered) / len(answered)
+    assert verdict.student_accuracy == float(np.mean([held.right[i] for i in sample if held.index[i] % 5 != 0]))
+    assert verdict.at_examples == 90
+    assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == Verdict(
+        round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90)
+    # too few answers for a verdict
+    assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
+    # a verdict holds until the reviewed examples have doubled
+    assert still_valid(verdict, 179) and not still_valid(verdict, 180) and not still_valid(None, 10)
+    assert deferred_sample(replace(model, held_out=None), 20) == []
+
+
+def noisy_feed(client: Any, flip: float = 0.25, per_label: int = 30) -> None:
+    """Reviews whose label is sometimes another than its words say: the student stays unsure of many."""
+    rng = random.Random(5)
+    aid = 1
+    for label, vocabulary in WORDS.items():
+        for _ in range(per_label):
+            given = rng.choice([lab for lab in LABELS if lab != label]) if rng.random() < flip else label
+            event = annotation_event("ANNOTATION_CREATED", SENT, aid, aid, text_for(vocabulary, rng),
+                                     [choice(given)], T0 + aid)
+            assert client.post("/webhook", json=event).status_code == 200
+            aid += 1
+
+
+def trained(make_app: Any, **overrides: Any) -> Any:
+    app = make_app(examples_version_policy="every", student_debounce_seconds=0.0, student_min_examples=20,
+                   student_precision=1.0, **overrides)
+    client = app.test_client()
+    noisy_feed(client)
+    model = model_of(app)
+    model.worker.drain()
+    students = model.predictor.pipeline.student
+    spec = build_task_spec(SENT)
+    plan = model.predictor.plan(SENT)
+    students.student("7", spec, spec.controls[0], plan)  # what a /predict in cascade asks
+    assert students.trainer.wait_idle(300)
+    students._known.clear()
+    return app
+
+
+def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answers_where_it_is_likelier_right(
+    make_app: Any, provider: Any
+) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})  # an LLM that always says neutral
+    app = trained(make_app, student_referee_sample=15)
+    spec = build_task_spec(SENT)
+    students = model_of(app).predictor.pipeline.student
+    student = students.student("7", spec, spec.controls[0])
+    assert student is not None and student.threshold > 1.0  # precision 1.0: the threshold alone never answers
+    verdict = Verdict.from_json(student.referee)
+    assert verdict.n >= 10 and verdict.llm_accuracy < 0.6  # "neutral" is right for about a third
+    referee_asks = [r for r in provider.requests if "sentiment" in json.dumps(r.get("response_format") or {})]
+    assert len(referee_asks) >= verdict.n
+    for request in referee_asks:  # the example asked is never among its own few-shot examples
+        asked = request["messages"][-1]["content"]
+        earlier = " ".join(m["content"] for m in request["messages"][:-1])
+        text = next(t for t in _example_texts(app) if t in asked)
+        assert text not in earlier
+
+    # a task whose calibrated probability beats the LLM's accuracy: the student answers, where before
+    # (threshold above 1) the LLM was asked
+    text = "wonderful excellent fantastic superb"
+    ranked = student.ranked(text, students.embedder.embed([text])[0])
+    assert student.top(ranked[0][1]) >= verdict.llm_accuracy
+    before = len(provider.requests)
+    item = predict(app.test_client(), text, SENT, 930)["results"][0]
+    assert len(provider.requests) == before, "the student should have answered"
+    assert item["result"][0]["value"]["choices"] == [ranked[0][0]]
+    assert item["score"] == pytest.approx(student.top(ranked[0][1]), abs=1e-5)
+
+
+def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider: Any) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = trained(make_app, student_referee_sample=0)
+    spec = build_task_spec(SENT)
+    student = model_of(app).predictor.pipeline.student.student("7", spec, spec.controls[0])
+    assert student is not None and student.referee is None
+    before = len(provider.requests)
+    predict(app.test_client(), "wonderful excellent fantastic superb", SENT, 931)
+    assert len(provider.requests) == before + 1  # unsure by the threshold: the LLM answers
+
+
+def _example_texts(app: Any) -> list[str]:
+    with model_of(app).examples.engine.connect() as conn:
+        rows = model_of(app).examples.all_rows(conn, "7", ["live"])
+    return [row.data["text"] for row in rows]
