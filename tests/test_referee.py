@@ -118,6 +118,7 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
     assert student is not None and student.threshold > 1.0  # precision 1.0: the threshold alone never answers
     verdict = Verdict.from_json(student.referee)
     assert verdict.n >= 10 and verdict.llm_accuracy < 0.6  # "neutral" is right for about a third
+    assert verdict.llm_accuracy < verdict.student_accuracy  # (so the student answers every task)
     referee_asks = [r for r in provider.requests if "sentiment" in json.dumps(r.get("response_format") or {})]
     assert len(referee_asks) >= verdict.n
     for request in referee_asks:  # the example asked is never among its own few-shot examples
@@ -147,6 +148,17 @@ def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider
     before = len(provider.requests)
     predict(app.test_client(), "wonderful excellent fantastic superb", SENT, 931)
     assert len(provider.requests) == before + 1  # unsure by the threshold: the LLM answers
+
+
+def test_an_llm_better_than_the_student_keeps_the_tasks_the_student_is_less_sure_of() -> None:
+    from backend.learning.students import _likelier_than_llm
+
+    model, _ = noisy_model()
+    better = replace(model, referee=Verdict(0.8, 0.6, 40, 90).as_json())
+    assert not _likelier_than_llm(better, 0.7) and _likelier_than_llm(better, 0.8)
+    worse = replace(model, referee=Verdict(0.5, 0.6, 40, 90).as_json())
+    assert _likelier_than_llm(worse, 0.1)  # no better than the student on the same examples: never asked
+    assert not _likelier_than_llm(replace(model, referee=None), 0.99)  # no verdict: the threshold decides
 
 
 def _example_texts(app: Any) -> list[str]:

@@ -11,9 +11,9 @@ for it and reads the previous student meanwhile.
 STUDENT_MODE:
 - `cascade`: when every control of the config is a single-choice `<Choices>` whose student has at
   least `min_examples` reviewed examples and whose top probability reaches its cross-validated
-  threshold, or whose calibrated probability is at least the LLM's accuracy measured by the referee
-  on held-out examples the student was unsure of (backend.learning.referee), the task is answered by
-  the students with no LLM call; otherwise as `hint`;
+  threshold, or when the referee found the LLM no better than the student on held-out examples the
+  student was unsure of, or the student's calibrated probability at least the LLM's accuracy there
+  (backend.learning.referee), the task is answered by the students with no LLM call; otherwise as `hint`;
 - `hint`: the student's top labels lead the label shortlist, the LLM decides; once the student has
   `min_examples`, its label set (the top labels that held the right one for STUDENT_SET_COVERAGE of
   the held-out examples) is the whole shortlist of a large label set;
@@ -464,10 +464,15 @@ class Students:
 
 
 def _likelier_than_llm(model: StudentModel, calibrated: float) -> bool:
-    """The referee found the LLM right less often, on tasks like the ones the student is unsure of, than
-    the student's calibrated probability for this task (learning.referee)."""
-    llm = (model.referee or {}).get("llm_accuracy")
-    return llm is not None and calibrated >= float(llm)
+    """Whether the student should answer a task it is unsure of, by the referee's verdict
+    (learning.referee): always when the LLM was no better than the student on the same held-out
+    examples (an LLM call must earn its cost), else when the student's calibrated probability for this
+    task is at least the LLM's accuracy there. False without a verdict."""
+    verdict = model.referee or {}
+    llm, student = verdict.get("llm_accuracy"), verdict.get("student_accuracy")
+    if llm is None or student is None:
+        return False
+    return float(llm) <= float(student) or calibrated >= float(llm)
 
 
 def build_students(settings: Any, examples: ExampleStore, versions: VersionSource, embedder: TextEmbedder,
