@@ -15,7 +15,7 @@ from conftest import json_answer
 from test_student import LABELS, SENT, WORDS, model_of, predict, text_for
 from webhook_payloads import annotation_event, choice
 
-from backend.learning.referee import Verdict, deferred_sample, judge_llm, still_valid
+from backend.learning.referee import Verdict, best_switch, deferred_sample, judge_llm, still_valid
 from backend.learning.student import train_student
 from converters.task_spec import build_task_spec
 
@@ -69,8 +69,11 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     assert verdict.llm_accuracy == sum(p % 2 == 0 for p in answered) / len(answered)
     assert verdict.student_accuracy == float(np.mean([held.right[i] for i in sample if held.index[i] % 5 != 0]))
     assert verdict.at_examples == 90
+    probs = [float(held.top[i]) for i in sample if held.index[i] % 5 != 0]
+    rights = [bool(held.right[i]) for i in sample if held.index[i] % 5 != 0]
+    assert verdict.switch == best_switch(probs, rights, [p % 2 == 0 for p in answered])
     assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == Verdict(
-        round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90)
+        round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90, verdict.switch)
     # too few answers for a verdict
     assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
     # a verdict holds until the reviewed examples have doubled
@@ -118,7 +121,7 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
     assert student is not None and student.threshold > 1.0  # precision 1.0: the threshold alone never answers
     verdict = Verdict.from_json(student.referee)
     assert verdict.n >= 10 and verdict.llm_accuracy < 0.6  # "neutral" is right for about a third
-    assert verdict.llm_accuracy < verdict.student_accuracy  # (so the student answers every task)
+    assert verdict.llm_accuracy < verdict.student_accuracy
     referee_asks = [r for r in provider.requests if "sentiment" in json.dumps(r.get("response_format") or {})]
     assert len(referee_asks) >= verdict.n
     for request in referee_asks:  # the example asked is never among its own few-shot examples
@@ -127,11 +130,10 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
         text = next(t for t in _example_texts(app) if t in asked)
         assert text not in earlier
 
-    # a task whose calibrated probability beats the LLM's accuracy: the student answers, where before
-    # (threshold above 1) the LLM was asked
+    # a task at or above the switch: the student answers, where before (threshold above 1) the LLM was asked
     text = "wonderful excellent fantastic superb"
     ranked = student.ranked(text, students.embedder.embed([text])[0])
-    assert student.top(ranked[0][1]) >= verdict.llm_accuracy
+    assert ranked[0][1] >= verdict.switch
     before = len(provider.requests)
     item = predict(app.test_client(), text, SENT, 930)["results"][0]
     assert len(provider.requests) == before, "the student should have answered"
@@ -150,14 +152,19 @@ def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider
     assert len(provider.requests) == before + 1  # unsure by the threshold: the LLM answers
 
 
-def test_an_llm_better_than_the_student_keeps_the_tasks_the_student_is_less_sure_of() -> None:
+def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_student_on_ties() -> None:
+    from backend.learning.referee import best_switch
     from backend.learning.students import _likelier_than_llm
 
+    probs = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    # the LLM is right on the hard half, the student on the easy half: switch at 0.5
+    assert best_switch(probs, [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]) == 0.5
+    assert best_switch(probs, [1] * 6, [1] * 6) == 0.0  # as good as the LLM: the student answers all
+    assert best_switch(probs, [0] * 6, [1] * 6) == 2.0  # the LLM is better on every one: never
+    assert best_switch(probs, [1, 0, 1, 0, 1, 0], [0] * 6) == 0.0  # an LLM that gets nothing right
     model, _ = noisy_model()
-    better = replace(model, referee=Verdict(0.8, 0.6, 40, 90).as_json())
-    assert not _likelier_than_llm(better, 0.7) and _likelier_than_llm(better, 0.8)
-    worse = replace(model, referee=Verdict(0.5, 0.6, 40, 90).as_json())
-    assert _likelier_than_llm(worse, 0.1)  # no better than the student on the same examples: never asked
+    judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
+    assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)
     assert not _likelier_than_llm(replace(model, referee=None), 0.99)  # no verdict: the threshold decides
 
 

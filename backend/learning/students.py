@@ -11,9 +11,9 @@ for it and reads the previous student meanwhile.
 STUDENT_MODE:
 - `cascade`: when every control of the config is a single-choice `<Choices>` whose student has at
   least `min_examples` reviewed examples and whose top probability reaches its cross-validated
-  threshold, or when the referee found the LLM no better than the student on held-out examples the
-  student was unsure of, or the student's calibrated probability at least the LLM's accuracy there
-  (backend.learning.referee), the task is answered by the students with no LLM call; otherwise as `hint`;
+  threshold, or the referee's switch (the probability above which the student got more of the held-out
+  examples it was unsure of right than the LLM did; backend.learning.referee), the task is answered by
+  the students with no LLM call; otherwise as `hint`;
 - `hint`: the student's top labels lead the label shortlist, the LLM decides; once the student has
   `min_examples`, its label set (the top labels that held the right one for STUDENT_SET_COVERAGE of
   the held-out examples) is the whole shortlist of a large label set;
@@ -388,10 +388,10 @@ class Students:
         result, score = [], 1.0
         for s in scored:
             label, p = s.ranked[0]
-            calibrated = float(s.model.top(p))
             if s.model.n_examples < self.policy.min_examples or not (p >= s.model.threshold
-                                                                       or _likelier_than_llm(s.model, calibrated)):
+                                                                       or _likelier_than_llm(s.model, p)):
                 return None
+            calibrated = float(s.model.top(p))
             score *= calibrated
             result.append({
                 "id": region_id(s.control.name, label),
@@ -463,16 +463,11 @@ class Students:
 
 
 
-def _likelier_than_llm(model: StudentModel, calibrated: float) -> bool:
-    """Whether the student should answer a task it is unsure of, by the referee's verdict
-    (learning.referee): always when the LLM was no better than the student on the same held-out
-    examples (an LLM call must earn its cost), else when the student's calibrated probability for this
-    task is at least the LLM's accuracy there. False without a verdict."""
-    verdict = model.referee or {}
-    llm, student = verdict.get("llm_accuracy"), verdict.get("student_accuracy")
-    if llm is None or student is None:
-        return False
-    return float(llm) <= float(student) or calibrated >= float(llm)
+def _likelier_than_llm(model: StudentModel, p: float) -> bool:
+    """Whether the student should answer a task it is unsure of (top probability `p`), by the referee's
+    switch (learning.referee); False without a verdict."""
+    switch = (model.referee or {}).get("switch")
+    return switch is not None and p >= float(switch)
 
 
 def build_students(settings: Any, examples: ExampleStore, versions: VersionSource, embedder: TextEmbedder,
