@@ -15,7 +15,15 @@ from conftest import json_answer
 from test_student import LABELS, SENT, WORDS, model_of, predict, text_for
 from webhook_payloads import annotation_event, choice
 
-from backend.learning.referee import Verdict, best_switch, deferred_sample, judge_llm, still_valid
+from backend.learning.referee import (
+    Verdict,
+    best_switch,
+    deferred_sample,
+    fit_llm_score,
+    judge_llm,
+    llm_score,
+    still_valid,
+)
 from backend.learning.student import train_student
 from converters.task_spec import build_task_spec
 
@@ -40,9 +48,9 @@ def noisy_model() -> tuple[Any, list[str]]:
     return model, labels
 
 
-def region(label: str) -> dict[str, Any]:
-    return {"result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
-                        "value": {"choices": [label]}}]}
+def region(label: str, score: float | None = None) -> dict[str, Any]:
+    found = {"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}
+    return {"result": [found if score is None else {**found, "score": score}]}
 
 
 def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_examples() -> None:
@@ -60,7 +68,8 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
         if position % 5 == 0:
             return Answered([], reason="llm_timeout")  # a failed call: not counted either way
         right = position % 2 == 0
-        return Answered(region(labels[position] if right else next(lab for lab in LABELS if lab != labels[position])))
+        label = labels[position] if right else next(lab for lab in LABELS if lab != labels[position])
+        return Answered(region(label, 0.9 if right else 0.4))  # the LLM is surer when it is right
 
     verdict = judge_llm(model, datas, labels, "sentiment", judge, None, "7", 20)
     assert verdict is not None and len(asked) == 20
@@ -72,8 +81,11 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     probs = [float(held.top[i]) for i in sample if held.index[i] % 5 != 0]
     rights = [bool(held.right[i]) for i in sample if held.index[i] % 5 != 0]
     assert verdict.switch == best_switch(probs, rights, [p % 2 == 0 for p in answered])
+    assert verdict.score is not None  # fitted on the LLM's own probability and the student's
+    assert llm_score(verdict.score, 0.9, 0.3) > 0.5 > llm_score(verdict.score, 0.4, 0.3)
     assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == Verdict(
-        round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90, verdict.switch)
+        round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90, verdict.switch,
+        verdict.score)
     # too few answers for a verdict
     assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
     # a verdict holds until the reviewed examples have doubled
@@ -166,6 +178,21 @@ def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_studen
     judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
     assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)
     assert not _likelier_than_llm(replace(model, referee=None), 0.99)  # no verdict: the threshold decides
+
+
+def test_the_llm_score_uses_the_llms_own_probability_and_the_students() -> None:
+    from backend.learning.calibration import auroc
+
+    rng = np.random.default_rng(6)
+    right = rng.random(400) < 0.5
+    llm_p = np.where(right, rng.uniform(0.5, 1.0, 400), rng.uniform(0.2, 0.8, 400))  # informative, overlapping
+    student_p = np.where(right, rng.uniform(0.1, 0.6, 400), rng.uniform(0.0, 0.4, 400))
+    weights = fit_llm_score(llm_p[:40], student_p[:40], right[:40])  # fitted on 40, as the referee does
+    assert weights is not None and weights[0] > 0 and weights[1] > 0
+    scores = [llm_score(weights, a, b) for a, b in zip(llm_p[40:], student_p[40:])]
+    assert all(0.0 < v < 1.0 for v in scores)
+    assert auroc(scores, right[40:]) > max(auroc(llm_p[40:], right[40:]), auroc(student_p[40:], right[40:]))
+    assert fit_llm_score([0.9, 0.8], [0.5, 0.5], [True, True]) is None  # nothing to separate
 
 
 def _example_texts(app: Any) -> list[str]:

@@ -44,12 +44,13 @@ CV_LIMIT = 500  # up to this many examples: 5-fold cross-validation (6 fits); ab
 @dataclass(frozen=True)
 class HeldOut:
     """What training saw of examples a model had not trained on: their positions in the training set,
-    the student's top probability and whether its top label was right. Kept only in memory, for the
-    referee (which asks the LLM the same examples)."""
+    the student's top probability, whether its top label was right and every label's probability. Kept
+    only in memory, for the referee (which asks the LLM the same examples)."""
 
     index: np.ndarray
     top: np.ndarray
     right: np.ndarray
+    probs: np.ndarray | None = None  # (held-out rows, classes): every label's probability
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         any=fit_curve(pair_prob, pair_right),
         threshold=threshold,
         set_mass=conformal_mass(oof, y, coverage),
-        held_out=HeldOut(held_out, top_prob, right),
+        held_out=HeldOut(held_out, top_prob, right, oof),
         n_examples=len(labels),
         stats={
             "cv_accuracy": round(float(right.mean()), 4),

@@ -20,7 +20,9 @@ STUDENT_MODE:
 - `off`: no student (the pipeline and the selector get None).
 
 Scores (what "calibrated" means here). A student's answer scores its top-probability calibration
-curve (isotonic, fitted on out-of-fold probabilities of the reviewed examples). An LLM answer scores
+curve (isotonic, fitted on out-of-fold probabilities of the reviewed examples). An LLM answer scores,
+once the referee has measured the LLM (cascade), its logistic fit of "the LLM was right" on the LLM's
+own label probability and the student's probability of that label; before that, and in hint mode,
 the student's calibrated probability of the LLM's label: the `top` curve when they agree, the `any`
 curve (fitted on the out-of-fold probabilities of each example's top 3 labels) when they disagree.
 That uses only what the reviewed examples give for free (no LLM calls on them); it ignores what the
@@ -40,7 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.learning.referee import Judge, Verdict, judge_llm, still_valid
+from backend.learning.referee import Judge, Verdict, judge_llm, llm_score, still_valid
 from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
 from backend.store.student_store import StudentStore
@@ -431,8 +433,13 @@ class Students:
                 continue
             probs = dict(s.ranked)
             p = probs.get(chosen[0], 0.0)
-            curve = s.model.top if chosen[0] == s.ranked[0][0] else s.model.any
-            calibrated = float(curve(p))
+            weights = (s.model.referee or {}).get("score")
+            own = region.get("score")
+            if weights and isinstance(own, (int, float)):  # the referee's fit: the LLM's and the student's view
+                calibrated = llm_score(weights, float(own), p)
+            else:
+                curve = s.model.top if chosen[0] == s.ranked[0][0] else s.model.any
+                calibrated = float(curve(p))
             regions.append({**region, "score": calibrated})
             product *= calibrated
             covered += 1
