@@ -168,12 +168,16 @@ def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_studen
     from backend.learning.referee import best_switch
     from backend.learning.students import _likelier_than_llm
 
-    probs = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    # the LLM is right on the hard half, the student on the easy half: switch at 0.5
-    assert best_switch(probs, [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]) == 0.5
-    assert best_switch(probs, [1] * 6, [1] * 6) == 0.0  # as good as the LLM: the student answers all
-    assert best_switch(probs, [0] * 6, [1] * 6) == 2.0  # the LLM is better on every one: never
-    assert best_switch(probs, [1, 0, 1, 0, 1, 0], [0] * 6) == 0.0  # an LLM that gets nothing right
+    probs = [i / 20 for i in range(20)]
+    # the LLM is right on the hard half, the student on the easy half: switch at 0.5 (10 wins, 0 losses)
+    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 10 + [0] * 10) == 0.5
+    assert best_switch(probs, [1] * 20, [1] * 20) == 0.0  # as good as the LLM: the student answers all
+    assert best_switch(probs, [0] * 20, [1] * 20) == 2.0  # the LLM is better on every one: never
+    assert best_switch(probs, [1, 0] * 10, [0] * 20) == 0.0  # an LLM that gets nothing right
+    # below 0.15 the LLM wins the 3 examples: the most right, but three heads in a row happen (p = 0.125)
+    few = [0, 0, 0, 1] + [1] * 16
+    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16) == 0.0
+    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, alpha=0.2) == 0.15
     model, _ = noisy_model()
     judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
     assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)
