@@ -114,11 +114,8 @@ def trained(make_app: Any, **overrides: Any) -> Any:
     model = model_of(app)
     model.worker.drain()
     students = model.predictor.pipeline.student
-    spec = build_task_spec(SENT)
-    plan = model.predictor.plan(SENT)
-    students.student("7", spec, spec.controls[0], plan)  # what a /predict in cascade asks
-    assert students.trainer.wait_idle(300)
-    students._known.clear()
+    assert students.settle("7", model.predictor.plan(SENT), timeout=300)  # what a refresh does first
+    assert students.trainer.trained == 1
     return app
 
 

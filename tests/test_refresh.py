@@ -302,3 +302,21 @@ def test_a_refresh_of_a_dead_process_is_resumed_without_a_second_prediction(tmp_
     resumed = world.jobs.get(job.id)
     assert resumed is not None and resumed.status == "done" and resumed.done == 8
     assert all(versions.count("v-e1") == 1 for versions in world.ls.versions_per_task().values())
+
+
+def test_a_refresh_first_brings_the_students_up_to_its_example_set(tmp_path) -> None:
+    world = World(tmp_path, {1: 0.1, 2: 0.2})
+    prepared: list[tuple[str, int]] = []
+    world.refresher.prepare = lambda project_id, plan: prepared.append((project_id, len(world.predictor.order)))
+    world.refresher.poll_once()
+    assert prepared == [(PROJECT, 0)]  # once, before the first task was predicted
+    assert world.predictor.order == [1, 2]
+
+    def broken(project_id: str, plan: Any) -> None:
+        raise TimeoutError("student training still running")
+
+    world.set_version(2)
+    world.refresher.prepare = broken
+    [job_id] = world.refresher.poll_once()  # a student that is not ready does not stop the refresh
+    job = world.jobs.get(job_id)
+    assert job is not None and job.status == "done" and job.done == 2

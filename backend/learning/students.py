@@ -341,6 +341,21 @@ class Students:
             known.model = model
         return model
 
+    def settle(self, project_id: str, plan: Any, timeout: float) -> bool:
+        """Ask for the students of the project's current example set and wait until they are trained
+        (and judged by the referee), so that many tasks predicted next for one version meet them: a
+        refresh, `lsllm eval`. Never on the request path. True when the config has student controls;
+        raises TimeoutError when training takes longer than `timeout` s."""
+        controls = student_controls(plan.spec) if self.policy.mode != "off" else []
+        for control in controls:
+            self.student(project_id, plan.spec, control, plan)  # asks the trainer for the current version
+        if controls and not self.trainer.wait_idle(timeout):
+            raise TimeoutError(f"student training still running after {timeout:.0f} s")
+        with self._lock:  # look the new students up now, not after refresh_seconds
+            for control in controls:
+                self._known.pop((project_id, control.name), None)
+        return bool(controls)
+
     def _scored(self, project_id: str | None, spec: TaskSpec, text: str, plan: Any = None) -> list[_Scored]:
         if project_id is None or self.policy.mode == "off":
             return []

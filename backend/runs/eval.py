@@ -209,17 +209,9 @@ class Evaluation:
         meets the same student (in production the first tasks after a burst of reviews still meet the
         previous one). Returns whether a student was waited for."""
         students = getattr(self.model.predictor.pipeline, "student", None)
-        trainer = getattr(students, "trainer", None)
-        if students is None or trainer is None or not hasattr(trainer, "wait_idle"):
+        if students is None or not hasattr(students, "settle"):
             return False
-        controls = single_choice_controls(self.plan.spec)
-        for control in controls:  # asks the trainer for the current version (with the plan: the referee's calls)
-            students.student(self.pid, self.plan.spec, control, self.plan)
-        if not trainer.wait_idle(timeout):
-            raise TimeoutError(f"student training still running after {timeout:.0f} s")
-        # the students' lookup cache answers the previous student for refresh_seconds after a lookup
-        time.sleep(float(getattr(getattr(students, "policy", None), "refresh_seconds", 0.0)))
-        return bool(controls)
+        return bool(students.settle(self.pid, self.plan, timeout))
 
     def verdicts(self) -> dict[str, Any]:
         """control -> the referee's verdict on the current students (what the LLM got right where they

@@ -170,6 +170,8 @@ class Refresher:
         self.owner = process_owner()
         self.push_retries = 2  # a failed import/predictions is tried again this many times
         self.on_pushed: Callable[[str, str], None] | None = None  # (project, version) after a refresh pushed some
+        # (project, plan) before a refresh predicts: the students of its example set trained (Students.settle)
+        self.prepare: Callable[[str, ProjectPlan], object] | None = None
         self._seen: dict[str, tuple[str, float]] = {}  # project -> (version, first seen by this process)
         self._told: set[tuple[str, str, str]] = set()  # (project, version, why) logged once
         self._stop = threading.Event()
@@ -304,6 +306,12 @@ class Refresher:
         todo = refresh_candidates(tasks, version, self.limits.max_tasks - already)
         self.jobs.set_total(job_id, already + len(todo) + (job.skipped + job.failed if job else 0))
         began = time.perf_counter()
+        if self.prepare is not None and todo:
+            try:  # the new version's student (and its referee) first, or the first tasks meet the old one
+                self.prepare(project_id, plan)
+            except Exception as exc:  # noqa: BLE001 - no student yet: the refresh goes on with what there is
+                log.warning("project %s: refresh job %d goes on without the new student (%s)", project_id, job_id,
+                            type(exc).__name__)
         log.info("project %s: refreshing %d un-annotated tasks with %s (job %d)", project_id, len(todo), version,
                  job_id)
         for start in range(0, len(todo), self.limits.batch_size):

@@ -125,6 +125,8 @@ def build_model(settings: Settings, llm_base_url: str | None = None) -> LLMBacke
     model = LLMBackendModel(settings, predictor, projects, metrics, examples, EventWorker(learner), push,
                             webhooks=webhooks, jobs=jobs, review_tabs=tabs)
     model.refresher = build_refresher(settings, model, engine, push)
+    if model.refresher is not None and students is not None:  # refresh with the new version's student
+        model.refresher.prepare = lambda project_id, plan: students.settle(project_id, plan, timeout=900.0)
     # the model is the one owner: close() stops these too, after the work that uses them
     embedder_close = getattr(getattr(vectors, "embedder", None), "close", None)
     model.closers = [c for c in (students.close if students is not None else None, embedder_close,
