@@ -179,7 +179,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                      else ("f1", "strict span F1"))
     xs = [max(r["examples"], 1) for r in rows]  # log axis: point 0 drawn at 1
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, [r[metric] for r in rows], "o-", label=f"LLM + examples ({results['model']})")
+    mode = results.get("student_mode", "off")
+    ax.plot(xs, [r[metric] for r in rows], "o-", label=f"backend ({results['model']}, student {mode})")
     if rows and rows[0]["examples"] == 0:
         ax.axhline(rows[0][metric], ls="--", color="grey", label="zero-shot")
     knn = [(x, r["knn"]["accuracy"]) for x, r in zip(xs, rows) if r.get("knn")]
