@@ -67,6 +67,8 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
         position = int(data["text"].split()[1])
         if position % 5 == 0:
             return Answered([], reason="llm_timeout")  # a failed call: not counted either way
+        if position % 7 == 0:
+            return Answered([], reason="unparsable")  # an answer that could not be read: the LLM was wrong
         right = position % 2 == 0
         label = labels[position] if right else next(lab for lab in LABELS if lab != labels[position])
         return Answered(region(label, 0.9 if right else 0.4))  # the LLM is surer when it is right
@@ -75,17 +77,20 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     assert verdict is not None and len(asked) == 20
     answered = [int(held.index[i]) for i in sample if int(held.index[i]) % 5 != 0]
     assert verdict.n == len(answered)
-    assert verdict.llm_accuracy == sum(p % 2 == 0 for p in answered) / len(answered)
+    assert verdict.llm_accuracy == sum(p % 2 == 0 and p % 7 != 0 for p in answered) / len(answered)
     assert verdict.student_accuracy == float(np.mean([held.right[i] for i in sample if held.index[i] % 5 != 0]))
     assert verdict.at_examples == 90
     probs = [float(held.top[i]) for i in sample if held.index[i] % 5 != 0]
     rights = [bool(held.right[i]) for i in sample if held.index[i] % 5 != 0]
-    assert verdict.switch == best_switch(probs, rights, [p % 2 == 0 for p in answered])
+    assert verdict.switch == best_switch(probs, rights, [p % 2 == 0 and p % 7 != 0 for p in answered])
     assert verdict.score is not None  # fitted on the LLM's own probability and the student's
     assert llm_score(verdict.score, 0.9, 0.3) > 0.5 > llm_score(verdict.score, 0.4, 0.3)
     assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == Verdict(
         round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90, verdict.switch,
         verdict.score)
+    # a provider without logprobs: a verdict, but no score of the LLM's own (the student's stays)
+    plain = judge_llm(model, datas, labels, "sentiment", lambda *a: Answered(region(labels[0])), None, "7", 20)
+    assert plain is not None and plain.score is None
     # too few answers for a verdict
     assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
     # a verdict holds until the reviewed examples have doubled

@@ -159,15 +159,17 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
     held = model.held_out
     if held is None:
         return None
-    llm_right, student_right, probs, llm_p, student_p = [], [], [], [], []
+    llm_right, student_right, probs, llm_p, student_p, given = [], [], [], [], [], []
     column = {label: j for j, label in enumerate(model.classes)}
     for i in deferred_sample(model, size, seed):
         position = int(held.index[i])
         result = judge(plan, project_id, datas[position], f"referee {control} example {position}")
-        if getattr(result, "reason", "ok") != "ok":  # a failed call says nothing about the LLM's judgement
-            continue
+        reason = str(getattr(result, "reason", "ok"))
+        if reason.startswith("llm_") or reason == "deadline":  # the call failed: nothing about its judgement
+            continue  # (an answer that could not be parsed counts: the LLM got that task wrong)
         item = result.item if isinstance(result.item, Mapping) else {}
         label = choice_of(item.get("result"), control)
+        given.append(label)
         llm_right.append(label == labels[position])
         student_right.append(bool(held.right[i]))
         probs.append(float(held.top[i]))
@@ -177,8 +179,13 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
     if len(llm_right) < min(MIN_VERDICT, size):
         log.info("project %s: referee for %r: %d answers, no verdict", project_id, control, len(llm_right))
         return None
-    scored = all(p is not None for p in llm_p)  # a provider without logprobs: the student's score stays
-    weights = fit_llm_score([p or 0.0 for p in llm_p], student_p, llm_right) if scored else None
+    # the score is for answers with a label (an unreadable answer is never a prediction); a provider
+    # without logprobs gives none of its own: the student's score stays
+    labelled = [(p, q, r) for p, q, r, label in zip(llm_p, student_p, llm_right, given) if label is not None]
+    weights = None
+    if labelled and all(p is not None for p, _, _ in labelled):
+        weights = fit_llm_score([p or 0.0 for p, _, _ in labelled], [q for _, q, _ in labelled],
+                                [r for _, _, r in labelled])
     verdict = Verdict(float(np.mean(llm_right)), float(np.mean(student_right)), len(llm_right), model.n_examples,
                       best_switch(probs, student_right, llm_right), weights)
     log.info("project %s: referee for %r: on %d held-out examples the student was unsure of, the LLM was right "
