@@ -304,8 +304,8 @@ class Settings(BaseSettings):
     student_referee_sample: int = Field(
         default=40, ge=0, le=1000, validation_alias="STUDENT_REFEREE_SAMPLE",
         description="cascade: after training, the LLM answers this many held-out reviewed examples the student "
-        "is unsure of; the student then also answers every task where its calibrated probability is at least "
-        "the LLM's accuracy there (0: only the STUDENT_PRECISION threshold)",
+        "is unsure of; the student then also answers at or above the switch chosen on them (every task when "
+        "the LLM is not measurably better there) (0: only the STUDENT_PRECISION threshold)",
     )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",

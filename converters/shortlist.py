@@ -36,6 +36,7 @@ class Lead:
     labels: tuple[str, ...] = ()
     only: bool = False
 
+
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
