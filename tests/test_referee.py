@@ -155,6 +155,28 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
     assert item["score"] == pytest.approx(student.top(ranked[0][1]), abs=1e-5)
 
 
+def test_a_verdict_is_kept_until_the_reviews_double(make_app: Any, provider: Any) -> None:
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    app = trained(make_app, student_referee_sample=15)
+    model = model_of(app)
+    students = model.predictor.pipeline.student
+    spec = build_task_spec(SENT)
+    first = students.student("7", spec, spec.controls[0])
+    asked = len(provider.requests)
+    client = app.test_client()
+    rng = random.Random(8)
+    for aid in range(500, 510):  # 10 more reviews: 100 in all, fewer than twice the 90 measured
+        event = annotation_event("ANNOTATION_CREATED", SENT, aid, aid, text_for(WORDS["positive"], rng),
+                                 [choice("positive")], T0 + aid)
+        assert client.post("/webhook", json=event).status_code == 200
+    model.worker.drain()
+    assert students.settle("7", model.predictor.plan(SENT), timeout=300)
+    second = students.student("7", spec, spec.controls[0])
+    assert second is not None and first is not None and second.version > first.version
+    assert second.n_examples == 100 and second.referee == first.referee  # carried over from the store
+    assert len(provider.requests) == asked  # and no LLM call was made to measure it again
+
+
 def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider: Any) -> None:
     provider.responder = lambda body: json_answer({"sentiment": "neutral"})
     app = trained(make_app, student_referee_sample=0)

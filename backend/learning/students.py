@@ -61,7 +61,7 @@ class TextEmbedder(Protocol):
 
 
 class VersionSource(Protocol):
-    def examples_version(self, project_id: str) -> int: ...
+    def examples_version(self, project_id: str, fresh: bool = False) -> int: ...
 
 
 class StudentMetrics(Protocol):
@@ -103,15 +103,10 @@ def task_text(spec: TaskSpec, data: Mapping[str, Any]) -> str | None:
     return " ".join(parts)
 
 
-def training_set(spec: TaskSpec, control: ControlSpec, rows: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """(texts, labels) of the live reviewed examples that give `control` exactly one of its labels."""
-    texts, labels, _ = training_rows(spec, control, rows)
-    return texts, labels
-
-
 def training_rows(spec: TaskSpec, control: ControlSpec,
                   rows: Sequence[Any]) -> tuple[list[str], list[str], list[Mapping[str, Any]]]:
-    """training_set with each example's task data (what the referee asks the LLM)."""
+    """(texts, labels, task data) of the live reviewed examples that give `control` exactly one of its
+    labels (the data is what the referee asks the LLM)."""
     allowed = {label.value for label in control.labels}
     texts, labels, datas = [], [], []
     for row in rows:
@@ -267,9 +262,9 @@ class Trainer:
         previous = None
         try:
             newest = self.store.newest_version(project_id, control.name, model.version - 1)
-            record = self.store.load(project_id, control.name, newest) if newest is not None else None
-            if record is not None and record.calibration.get("referee"):
-                previous = Verdict.from_json(record.calibration["referee"])
+            calibration = self.store.calibration(project_id, control.name, newest) if newest is not None else None
+            if calibration and calibration.get("referee"):
+                previous = Verdict.from_json(calibration["referee"])
         except (SQLAlchemyError, ValueError):
             previous = None
         if still_valid(previous, model.n_examples):
@@ -347,14 +342,20 @@ class Students:
         refresh, `lsllm eval`. Never on the request path. True when the config has student controls;
         raises TimeoutError when training takes longer than `timeout` s."""
         controls = student_controls(plan.spec) if self.policy.mode != "off" else []
+        self._forget(project_id, controls)  # a lookup seconds old would hide a newer example set
+        if controls:
+            self.versions.examples_version(project_id, fresh=True)  # and so would the version's
         for control in controls:
             self.student(project_id, plan.spec, control, plan)  # asks the trainer for the current version
         if controls and not self.trainer.wait_idle(timeout):
             raise TimeoutError(f"student training still running after {timeout:.0f} s")
-        with self._lock:  # look the new students up now, not after refresh_seconds
+        self._forget(project_id, controls)  # look the new students up now, not after refresh_seconds
+        return bool(controls)
+
+    def _forget(self, project_id: str, controls: Sequence[ControlSpec]) -> None:
+        with self._lock:
             for control in controls:
                 self._known.pop((project_id, control.name), None)
-        return bool(controls)
 
     def _scored(self, project_id: str | None, spec: TaskSpec, text: str, plan: Any = None) -> list[_Scored]:
         if project_id is None or self.policy.mode == "off":

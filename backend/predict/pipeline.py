@@ -35,10 +35,13 @@ T = TypeVar("T")
 class ContextSource(Protocol):
     """What a task's prompt is made of: (project id, spec, task texts) -> the spec for this task (narrowed
     to a label shortlist when the label set is large) and its few-shot examples, most similar last.
-    `held_out`: the task is a reviewed example asked again (backend.predict.referee), so its own
-    example and the student that trained on it stay out (passed only when true)."""
+    `held_out`: the task is a reviewed example asked again (`TaskPipeline.held_out`, for the referee in
+    backend.learning.referee), so its own example and the student that trained on it stay out (passed
+    only when true, so a source without it serves every other task)."""
 
-    def __call__(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str], /) -> TaskContext: ...
+    def __call__(self, project_id: str | None, spec: TaskSpec, texts: Mapping[str, str], /,
+                 held_out: bool = False) -> TaskContext: ...
+
 
 # The span hook (backend.learning.span_cascade, STUDENT_MODE=cascade): (spec, task data, the LLM's regions,
 # the task's gazetteer candidates) -> the regions to send. Runs before validation, like every region.
@@ -143,7 +146,7 @@ class TaskPipeline:
         """The request for one task: its context (shortlisted spec, examples), schema and messages."""
         mode = self.llm.response_mode
         if held_out:
-            context = self.context(project_id, plan.spec, texts, held_out=True)  # type: ignore[call-arg]
+            context = self.context(project_id, plan.spec, texts, held_out=True)
         else:
             context = self.context(project_id, plan.spec, texts)
         messages = self.renderer.messages(

@@ -42,7 +42,7 @@ class Predictor:
         self.pipeline = TaskPipeline(
             settings, llm, metrics, self.plans,
             renderer or PromptRenderer(settings.prompt_version),
-            context or (lambda project_id, spec, texts: TaskContext(spec)),
+            context or (lambda project_id, spec, texts, held_out=False: TaskContext(spec)),
         )
         self.scheduler = Scheduler(self.pipeline, metrics, settings.llm_max_concurrency, settings.predict_deadline)
 

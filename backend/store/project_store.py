@@ -161,12 +161,13 @@ class ProjectStore:
             row["webhook_auth"],
         )
 
-    def examples_version(self, project_id: str) -> int:
-        """The project's example-set version, read at most once a second per process."""
+    def examples_version(self, project_id: str, fresh: bool = False) -> int:
+        """The project's example-set version, read at most once a second per process (`fresh`: read now,
+        for work that must meet the newest version, like a refresh's students)."""
         now = self.clock()
         with self._lock:
             cached = self._versions.get(project_id)
-            if cached and now - cached[0] < 1.0:
+            if cached and now - cached[0] < 1.0 and not fresh:
                 return cached[1]
         with self.engine.connect() as conn:
             version, _ = examples_state(conn, project_id)

@@ -130,6 +130,18 @@ class StudentStore:
             ).first()
         return int(row.version) if row else None
 
+    def calibration(self, project_id: str, control: str, version: int) -> dict[str, Any] | None:
+        """The calibration JSON of a ready student, without its weights (megabytes with words)."""
+        t = students.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.calibration).where(
+                    and_(t.project_id == project_id, t.control == control, t.version == version, t.status == "ready")
+                )
+            ).first()
+        found = json.loads(row.calibration) if row is not None and row.calibration else None
+        return found if isinstance(found, dict) else None
+
     def load(self, project_id: str, control: str, version: int) -> StudentRecord | None:
         """The ready student of that version; None when there is none. Raises ValueError for a row
         whose arrays do not fit together (a damaged row: better no student than a wrong one)."""
