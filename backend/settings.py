@@ -297,9 +297,12 @@ class Settings(BaseSettings):
         description="the student's top labels that lead a label shortlist (hint and cascade)",
     )
     student_features: str = Field(
-        default="words+vectors", pattern="^(words\\+vectors|vectors)$", validation_alias="STUDENT_FEATURES",
-        description="what the student reads: the text's words (TF-IDF of 1- and 2-grams) and its WordLlama "
-        "vector, or the vector only (smaller students: megabytes less per stored version with many labels)",
+        default="words+vectors", pattern="^(words\\+vectors|chars\\+vectors|vectors)$",
+        validation_alias="STUDENT_FEATURES",
+        description="what the student reads beside the text's WordLlama vector: its words (TF-IDF of 1- and "
+        "2-grams), its characters (`chars+vectors`: TF-IDF of 2- to 5-character pieces, for short noisy "
+        "texts such as tweets), or nothing (`vectors`: smaller students, megabytes less per stored version "
+        "with many labels)",
     )
     student_referee_sample: int = Field(
         default=40, ge=0, le=1000, validation_alias="STUDENT_REFEREE_SAMPLE",

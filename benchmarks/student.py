@@ -12,7 +12,7 @@ are several times slower than an idle machine).
     .venv/bin/python benchmarks/student.py --sets banking77 --points 1000,all
     .venv/bin/python benchmarks/student.py --direct              # same student, trained in-process from the
                                                                  # files (no webhooks/store): minutes faster
-    .venv/bin/python benchmarks/student.py --direct --vectors    # the student without the words
+    .venv/bin/python benchmarks/student.py --direct --features vectors   # a STUDENT_FEATURES value
 
 No LLM is called (STUDENT_MODE=cascade, the provider URL points nowhere): this measures the student
 alone. `lsllm eval` measures the whole backend (student and LLM together).
@@ -88,15 +88,18 @@ def measure(name: str, upto: int, student: Any, texts: list[str], truth: np.ndar
         "cascade_share": round(float(cascade.mean()), 3),
         "cascade_accuracy": round(float(right[cascade].mean()), 3) if cascade.any() else None,
         "threshold": round(student.threshold, 3), "trainer_seconds": student.stats.get("seconds"),
-        "cv": student.stats.get("cv"), **extra, "load_average": round(os.getloadavg()[0], 1),
+        "cv": student.stats.get("cv"), "reads": student.stats.get("reads"),
+        **extra, "load_average": round(os.getloadavg()[0], 1),
     }
     print(json.dumps(row), flush=True)
     return row
 
 
-def run_direct(name: str, points: list[int | None], seed: int, words: bool = True) -> list[dict[str, Any]]:
+def run_direct(name: str, points: list[int | None], seed: int,
+               features: str = "words+vectors") -> list[dict[str, Any]]:
     """The same student, trained in-process from the dataset files (no webhooks, no store)."""
     from backend.learning.student import train_student
+    from backend.learning.students import FEATURE_READINGS
     from backend.llm.local_embeddings import LocalEmbedder
 
     config_file, train_file, test_file = SETS[name]
@@ -116,7 +119,8 @@ def run_direct(name: str, points: list[int | None], seed: int, words: bool = Tru
         began = time.perf_counter()
         row_texts = [task_text(plan_spec, r["data"]) or "" for r in rows]
         student = train_student(embedder.embed(row_texts), [gold(r, control.name) or "" for r in rows],
-                                texts=row_texts if words else None)
+                                texts=row_texts if FEATURE_READINGS[features] else None,
+                                reads=FEATURE_READINGS[features] or "words")
         seconds = round(time.perf_counter() - began, 1)
         out.append(measure(name, upto, student, texts, truth, embedder.embed, {"embed_and_train_seconds": seconds}))
     return out
@@ -176,13 +180,14 @@ def main() -> None:
     parser.add_argument("--points", default="all", help="reviewed examples, e.g. 1000,all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--direct", action="store_true", help="train in-process from the files (no webhooks)")
-    parser.add_argument("--vectors", action="store_true", help="with --direct: the vector only, no words "
-                        "(STUDENT_FEATURES=vectors; the service's setting decides otherwise)")
+    parser.add_argument("--features", default="words+vectors", choices=["words+vectors", "chars+vectors", "vectors"],
+                        help="with --direct: what the student reads (STUDENT_FEATURES; the service's setting "
+                        "decides otherwise)")
     args = parser.parse_args()
     points: list[int | None] = [None if p == "all" else int(p) for p in args.points.split(",")]
     for name in args.sets.split(","):
         if args.direct:
-            run_direct(name.strip(), points, args.seed, words=not args.vectors)
+            run_direct(name.strip(), points, args.seed, features=args.features)
         else:
             run_set(name.strip(), points, args.seed)
 

@@ -490,3 +490,35 @@ def test_only_the_two_newest_students_keep_their_weights(tmp_path: Any) -> None:
     assert rows[1]["coef"] is None and rows[4]["coef"] is not None
     assert store.newest_version("7", "intent", 4) == 4 and store.load("7", "intent", 2) is None
     assert not store.claim("7", "intent", 2)  # a replaced version is never trained again
+
+
+def test_a_student_that_reads_characters_learns_what_no_whole_word_repeats() -> None:
+    """Every text's telling word is new (an elongation of its own length, glued to a random stem), so no
+    word reaches two texts: read as words only the noise vector is left; read as characters the
+    shared pieces ("ooo" against "aaa" stretches) decide."""
+    from backend.learning.text_features import TextFeatures
+
+    rng = np.random.default_rng(4)
+    texts, y = [], []
+    for i in range(160):
+        label, letter = [("positive", "o"), ("negative", "a")][i % 2]
+        stem = "".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), 3))
+        texts.append(f"that was {stem}{letter * (3 + i // 2)}")
+        y.append(label)
+    noise = rng.normal(0, 1, (160, 16)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    chars = train_student(noise, y, texts=texts, reads="chars")
+    words = train_student(noise, y, texts=texts, reads="words")
+    assert chars is not None and words is not None and chars.features is not None
+    assert chars.features.reads == "chars"
+    assert chars.stats["cv_accuracy"] > 0.95 > 0.75 > words.stats["cv_accuracy"]
+    again = from_record(to_record(chars))
+    assert again.features is not None and again.features.reads == "chars"
+    fresh = ["that was zzkooooooooo", "that was qqaaaaaaaaaaa"]
+    assert [again.ranked(t, v)[0][0] for t, v in zip(fresh, noise[:2])] == ["positive", "negative"]
+    # features stored before characters existed carry no "reads": they are words
+    old = TextFeatures.from_json({"kind": "tfidf", "ngrams": [1, 2], "vocabulary": ["a", "b"], "idf": [1.0, 2.0]})
+    assert old.reads == "words"
+    with pytest.raises(ValueError):  # a reading and n-grams that do not belong together
+        TextFeatures.from_json({"kind": "tfidf", "reads": "chars", "ngrams": [1, 2], "vocabulary": ["a"],
+                                "idf": [1.0]})

@@ -81,7 +81,7 @@ class StudentPolicy:
     debounce: float = 5.0
     hint_labels: int = 5
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
-    words: bool = True  # the student reads the text's words beside its vector (STUDENT_FEATURES)
+    reads: str | None = "words"  # how the student reads the text beside its vector, None: it does not
     referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
     refresh_seconds: float = 2.0
 
@@ -231,7 +231,8 @@ class Trainer:
                     vectors = self._vectors(texts)
                     model = train_student(vectors, labels, self.policy.c, self.policy.precision,
                                           coverage=self.policy.set_coverage,
-                                          texts=texts if self.policy.words else None)
+                                          texts=texts if self.policy.reads else None,
+                                          reads=self.policy.reads or "words")
                 if model is not None:
                     model = replace(model, version=version, embedder=self.embedder.model)
                     model = replace(model, referee=self._verdict(project_id, control, model, datas, labels, plan))
@@ -493,6 +494,10 @@ def _likelier_than_llm(model: StudentModel, p: float) -> bool:
     return switch is not None and p >= float(switch)
 
 
+# STUDENT_FEATURES -> how the student reads the text beside its vector (text_features.READINGS)
+FEATURE_READINGS: dict[str, str | None] = {"words+vectors": "words", "chars+vectors": "chars", "vectors": None}
+
+
 def build_students(settings: Any, examples: ExampleStore, versions: VersionSource, embedder: TextEmbedder,
                    metrics: StudentMetrics | None = None) -> Students | None:
     """The students for a service from its settings (None with STUDENT_MODE=off)."""
@@ -506,7 +511,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         debounce=settings.student_debounce_seconds,
         hint_labels=settings.student_hint_labels,
         set_coverage=settings.student_set_coverage,
-        words=settings.student_features == "words+vectors",
+        reads=FEATURE_READINGS[settings.student_features],
         referee_sample=settings.student_referee_sample,
     )
     store = StudentStore(examples.engine)
