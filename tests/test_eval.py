@@ -290,3 +290,34 @@ def test_ner_eval_reports_the_gazetteer_alone_beside_the_llm(tmp_path: Path, mon
     assert rows[1]["gazetteer"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}  # it knows both surfaces
     assert rows[0]["f1"] == 0.0  # the LLM alone found nothing
     assert "| 1.000/1.000/1.000 |" in (out / "results.md").read_text()
+
+
+def test_runs_of_different_points_merge_into_the_curve_of_one_run(
+    tmp_path: Path, files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A point is the same measurement in every run of one setup (nested seeded examples, one test
+    sample), so a grid resumed with the missing points draws the curve one run would have."""
+    from backend.runs.eval_report import merge_results
+
+    config, train, test = files
+
+    def run(points: str, out: Path) -> dict[str, Any]:
+        assert main(["eval", "--config", str(config), "--train", str(train), "--test", str(test),
+                     "--points", points, "--n-test", "6", "--out", str(out), "--no-progress"]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    with ScriptedProvider(responder) as provider:
+        monkeypatch.setenv("LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("LLM_API_KEY", "sk-test")
+        whole = run("0,4,all", tmp_path / "whole")
+        early, late = run("0,4", tmp_path / "early"), run("4,all", tmp_path / "late")
+    merged = merge_results([late, early])
+    assert merged["points"] == [0, 4, 12] and merged["complete"]
+    keys = ("examples", "accuracy", "macro_f1", "knn", "calibration", "store")
+    assert [{k: r.get(k) for k in keys} for r in merged["results"]] == \
+        [{k: r.get(k) for k in keys} for r in whole["results"]]
+    assert merged["results"][1] is late["results"][0]  # the first run's where both measured a point
+    assert merged["command"] == f"{late['command']} && {early['command']}"
+    assert merged["wall_seconds"] == pytest.approx(late["wall_seconds"] + early["wall_seconds"], abs=0.1)
+    with pytest.raises(ValueError, match="n_test"):
+        merge_results([early, {**late, "n_test": 5}])

@@ -82,6 +82,7 @@ def run_eval(settings: Settings, build_model: Callable[[Settings], ServedModel],
                 "selection_similarity": getattr(settings, "selection_similarity", "lexical"),
                 "vectors": _similarity(selector_of(model).vectors),
                 "student_mode": getattr(settings, "student_mode", "off"),
+                "student_features": getattr(settings, "student_features", None),
                 "wall_seconds": round(time.time() - started, 1),
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "complete": len(rows) == len(points), "results": rows,
@@ -106,6 +107,35 @@ def write_results(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     (out / "results.md").write_text(markdown(results), encoding="utf-8")
     plot(results, out)
+
+
+# what must be equal for two runs' points to belong on one curve: a point is the same measurement in
+# every run that shares these (nested seeded examples, one seeded test sample, one model and settings)
+SAME_CURVE = ("config", "train", "test", "kind", "model", "provider", "seed", "n_test", "train_size", "knn_k",
+              "embeddings", "selection_similarity", "vectors", "student_mode", "student_features")
+
+
+def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One curve from several runs of the same setup that measured different points (an interrupted
+    grid resumed with the missing points, say): every point once (the first run's where two measured
+    it), in order; the commands joined so that running them all reproduces it; wall times added.
+    Raises ValueError for runs whose points are not the same measurement (SAME_CURVE differs)."""
+    if not runs:
+        raise ValueError("nothing to merge")
+    first = runs[0]
+    for run in runs[1:]:
+        differs = [key for key in SAME_CURVE if run.get(key) != first.get(key)]
+        if differs:
+            raise ValueError(f"runs differ in {', '.join(differs)}: not one curve")
+    points: dict[Any, dict[str, Any]] = {}
+    for run in runs:
+        for row in run["results"]:
+            points.setdefault(row["examples"], row)
+    rows = [points[k] for k in sorted(points)]
+    return {**first, "command": " && ".join(run["command"] for run in runs),
+            "points": [row["examples"] for row in rows], "results": rows,
+            "wall_seconds": round(sum(float(run["wall_seconds"]) for run in runs), 1),
+            "complete": all(run.get("complete", True) for run in runs)}
 
 
 def _write_predictions(path: Path, ids: Sequence[int], test: Sequence[dict[str, Any]], run: Any) -> None:

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/eval/grid.py --sets sst2,banking77,conll2003 --out /tmp/eval-grid
     .venv/bin/python benchmarks/eval/grid.py --collect --out /tmp/eval-grid   # tables + plots of finished runs
+    .venv/bin/python benchmarks/eval/grid.py --collect --out /tmp/eval-grid --merge /tmp/eval-more
+        # one curve per set from this grid's and another grid's runs (different points of the same setup)
 
 Each set runs as its own `lsllm eval` process (the provider is whatever the environment configures:
 LLM_BASE_URL, or the embedded model). Its results land in OUT/<set>/ (results.json, results.md,
@@ -20,9 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from backend.runs.eval_report import merge_results, write_results  # noqa: E402
+
 DATASETS = Path(os.environ.get("LSLLM_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 # set -> (config, train, test, default test tasks)
@@ -46,19 +52,27 @@ def command(name: str, out: Path, points: str, n_test: int | None, seed: int) ->
             "--n-test", str(n_test or default_n), "--seed", str(seed), "--out", str(out / name)]
 
 
-def collect(out: Path, docs: Path) -> str:
-    """Every finished set's table (with its command and wall time) as Markdown; plots copied to docs."""
+def collect(out: Path, docs: Path, merge: Sequence[Path] = ()) -> str:
+    """Every finished set's table (with its command and wall time) as Markdown; plots copied to docs.
+    With `merge`, a set's runs in those grids join this grid's into one curve (written to
+    OUT/<set>/merged: results.json, results.md, plots)."""
     docs.mkdir(parents=True, exist_ok=True)
     parts = []
     for name in SETS:
-        results_file = out / name / "results.json"
-        if not results_file.exists():
+        found = [d / name for d in (out, *merge) if (d / name / "results.json").exists()]
+        if not found:
             continue
-        results = json.loads(results_file.read_text())
-        parts.append(f"### {name}\n\n" + (out / name / "results.md").read_text())
+        source = found[0]
+        results = json.loads((source / "results.json").read_text())
+        if len(found) > 1:
+            results = merge_results([json.loads((d / "results.json").read_text()) for d in found])
+            source = out / name / "merged"
+            source.mkdir(parents=True, exist_ok=True)
+            write_results(results, source)
+        parts.append(f"### {name}\n\n" + (source / "results.md").read_text())
         for plot in ("learning_curve.png", "reliability.png"):
-            if (out / name / plot).exists():
-                shutil.copy(out / name / plot, docs / f"{name}-{plot}")
+            if (source / plot).exists():
+                shutil.copy(source / plot, docs / f"{name}-{plot}")
         if not results.get("complete", True):
             parts[-1] += f"\nNot finished: points measured {[r['examples'] for r in results['results']]} " \
                          f"of {results['points']}.\n"
@@ -76,6 +90,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/lsllm-eval-grid"))
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "eval", help="where the plots are copied")
     p.add_argument("--collect", action="store_true", help="only collect the tables and plots of finished runs")
+    p.add_argument("--merge", type=Path, action="append", default=[],
+                   help="another grid's --out whose runs of a set join this one's curve (repeatable)")
     args = p.parse_args()
     if not args.collect:
         for name in args.sets.split(","):
@@ -84,7 +100,7 @@ def main() -> int:
             started = time.time()
             code = subprocess.call(command(name, args.out, args.points, args.n_test, args.seed), cwd=ROOT)
             print(f"{name}: exit {code} in {time.time() - started:.0f} s", file=sys.stderr)
-    print(collect(args.out, args.docs))
+    print(collect(args.out, args.docs, args.merge))
     return 0
 
 
