@@ -119,8 +119,7 @@ def run_direct(name: str, points: list[int | None], seed: int,
         began = time.perf_counter()
         row_texts = [task_text(plan_spec, r["data"]) or "" for r in rows]
         student = train_student(embedder.embed(row_texts), [gold(r, control.name) or "" for r in rows],
-                                texts=row_texts if FEATURE_READINGS[features] else None,
-                                reads=FEATURE_READINGS[features] or "words")
+                                texts=row_texts, reads=FEATURE_READINGS[features])
         seconds = round(time.perf_counter() - began, 1)
         out.append(measure(name, upto, student, texts, truth, embedder.embed, {"embed_and_train_seconds": seconds}))
     return out

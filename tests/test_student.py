@@ -522,3 +522,5 @@ def test_a_student_that_reads_characters_learns_what_no_whole_word_repeats() -> 
     with pytest.raises(ValueError):  # a reading and n-grams that do not belong together
         TextFeatures.from_json({"kind": "tfidf", "reads": "chars", "ngrams": [1, 2], "vocabulary": ["a"],
                                 "idf": [1.0]})
+    with pytest.raises(ValueError):  # a damaged row that is not even an object
+        TextFeatures.from_json(["tfidf"])

@@ -233,10 +233,10 @@ def _held_out_probs(x: Any, y: np.ndarray, k: int, c: float,
 
 def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, precision: float = 0.95,
                   seed: int = 0, n_folds: int | None = None, coverage: float = 0.95,
-                  texts: Sequence[str] | None = None, reads: str = "words") -> StudentModel | None:
+                  texts: Sequence[str] | None = None, reads: str | None = "words") -> StudentModel | None:
     """Fit the student and its calibration on (unit vector, label value) pairs, and on `texts` read as
-    `reads` (text_features.READINGS) when given; None when there is too little to learn from (fewer
-    than MIN_TRAIN examples or a single class). `coverage` is the label set's (0: none)."""
+    `reads` (text_features.READINGS; None: the vectors alone) when given; None when there is too little
+    to learn from (fewer than MIN_TRAIN examples or a single class). `coverage` is the label set's (0: none)."""
     began = time.perf_counter()
     labels = list(labels)
     classes = tuple(sorted(set(labels)))
@@ -244,11 +244,11 @@ def train_student(vectors: np.ndarray, labels: Sequence[str], c: float = 10.0, p
         return None
     index = {label: i for i, label in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
-    features = fit_features(texts, reads=reads) if texts is not None else None
+    features = fit_features(texts, reads=reads) if texts is not None and reads is not None else None
     x = np.asarray(vectors, dtype=np.float32)
     if features is not None and texts is not None:
         x = features.matrix(texts, x)
-        c *= C_SCALE[reads]
+        c *= C_SCALE[features.reads]
     k = len(classes)
     folds = _folds(y, n_folds or 5, seed)
     held_out, oof, start = _held_out_probs(x, y, k, c, folds)

@@ -231,8 +231,7 @@ class Trainer:
                     vectors = self._vectors(texts)
                     model = train_student(vectors, labels, self.policy.c, self.policy.precision,
                                           coverage=self.policy.set_coverage,
-                                          texts=texts if self.policy.reads else None,
-                                          reads=self.policy.reads or "words")
+                                          texts=texts, reads=self.policy.reads)
                 if model is not None:
                     model = replace(model, version=version, embedder=self.embedder.model)
                     model = replace(model, referee=self._verdict(project_id, control, model, datas, labels, plan))

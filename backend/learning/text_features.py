@@ -55,14 +55,14 @@ class TextFeatures:
         vectorizer.idf_ = np.asarray(self.idf, dtype=np.float32)
         return vectorizer
 
-    def words(self, texts: Sequence[str]) -> sparse.csr_matrix:
+    def tfidf(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """(rows, terms) TF-IDF rows of the texts."""
         return sparse.csr_matrix(self._vectorizer.transform(list(texts)), dtype=np.float32)
 
     def matrix(self, texts: Sequence[str], vectors: np.ndarray) -> sparse.csr_matrix:
         """(rows, terms + dims): the words, then the vector, of each text."""
         dense = sparse.csr_matrix(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
-        return sparse.hstack([self.words(texts), dense], format="csr", dtype=np.float32)
+        return sparse.hstack([self.tfidf(texts), dense], format="csr", dtype=np.float32)
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": "tfidf", "reads": self.reads, "ngrams": list(READINGS[self.reads][1]),
@@ -78,7 +78,7 @@ class TextFeatures:
                 raise ValueError(f"unknown features {data.get('kind')!r} {reads!r} {data.get('ngrams')!r}")
             vocabulary = tuple(str(t) for t in data["vocabulary"])
             idf = np.asarray(data["idf"], dtype=np.float32)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not text features: {exc}") from exc
         if idf.shape != (len(vocabulary),) or len(set(vocabulary)) != len(vocabulary):
             raise ValueError("text features: vocabulary and idf do not match")
