@@ -310,6 +310,12 @@ class Settings(BaseSettings):
         "is unsure of; the student then also answers at or above the switch chosen on them (every task when "
         "the LLM is not measurably better there) (0: only the STUDENT_PRECISION threshold)",
     )
+    student_trusted_from: int = Field(
+        default=200, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
+        description="cascade: reviewed examples from which a referee that cannot tell the student and the LLM "
+        "apart lets the student answer the tasks it is unsure of (no call); with fewer, the LLM answers them "
+        "unless the student is measurably better (0: always the student)",
+    )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",
         description="once a student has STUDENT_MIN_EXAMPLES, the LLM chooses a large label set's label "

@@ -93,9 +93,33 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     assert plain is not None and plain.score is None
     # too few answers for a verdict
     assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
-    # a verdict holds until the reviewed examples have doubled
+    # a verdict holds until the reviewed examples have doubled, or have reached the count from which a
+    # tie goes to the student
     assert still_valid(verdict, 179) and not still_valid(verdict, 180) and not still_valid(None, 10)
+    assert still_valid(verdict, 99, trusted_from=100) and not still_valid(verdict, 100, trusted_from=100)
+    assert still_valid(verdict, 179, trusted_from=90)  # measured at 90: a tie already went to the student
     assert deferred_sample(replace(model, held_out=None), 20) == []
+
+
+def test_a_tie_goes_to_the_llm_while_the_student_has_fewer_reviews_than_it_is_trusted_from() -> None:
+    model, labels = noisy_model()  # 90 reviewed examples
+    held = model.held_out
+    assert held is not None
+    datas = [{"text": f"example {i}"} for i in range(len(labels))]
+    at = {int(held.index[i]): i for i in range(len(held.index))}
+
+    def twin(plan: Any, project_id: str, data: Any, what: str) -> Answered:
+        """An LLM right exactly where the student is: the examples cannot tell them apart."""
+        position = int(data["text"].split()[1])
+        right = bool(held.right[at[position]])
+        return Answered(region(labels[position] if right else next(x for x in LABELS if x != labels[position])))
+
+    trusted = judge_llm(model, datas, labels, "sentiment", twin, None, "7", 20, trusted_from=90)
+    untrusted = judge_llm(model, datas, labels, "sentiment", twin, None, "7", 20, trusted_from=91)
+    assert trusted is not None and untrusted is not None
+    assert trusted.llm_accuracy == trusted.student_accuracy
+    assert trusted.switch == 0.0  # the student answers every task, no call
+    assert untrusted.switch == 2.0  # the LLM answers every task the student is unsure of
 
 
 def noisy_feed(client: Any, flip: float = 0.25, per_label: int = 30) -> None:
@@ -202,6 +226,13 @@ def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_studen
     few = [0, 0, 0, 1] + [1] * 16
     assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16) == 0.0
     assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, alpha=0.2) == 0.15
+    # a student trained on too few reviews to be trusted on a tie: the undecided examples go to the LLM,
+    # unless the student's own wins are no coin toss either
+    assert best_switch(probs, [1] * 20, [1] * 20, undecided=2.0) == 2.0
+    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, undecided=2.0) == 0.0  # 17 wins against 3
+    assert best_switch(probs, [1] * 10 + [0] * 10, [1] * 8 + [0] * 12, undecided=2.0) == 2.0  # 2 wins: chance
+    assert best_switch(probs, [1] * 10 + [0] * 10, [0] * 20, undecided=2.0) == 0.0  # 10 wins, 0 losses
+    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 10 + [0] * 10, undecided=2.0) == 0.5  # as before
     model, _ = noisy_model()
     judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
     assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)

@@ -26,6 +26,17 @@ hopeful: accuracy after the refresh 0.83, against 0.91 with the LLM answering al
 without the sign test sent SST-2 tasks below 0.77 to the LLM because it had won a handful more of the
 40 examples there: 0.835 on the test tasks, against 0.850 with the student answering all.
 
+A tie (the examples cannot tell them apart) went to the student at any number of reviews, the answer
+that costs no call. With 50 reviews that was the wrong side (`lsllm eval`, embedded model, 200 test
+tasks): on TweetEval the referee saw 38% / 38%, and the student, trained on 24 positive, 20 neutral and
+6 negative reviews, said "positive" to 136 tasks of a sample that is half neutral: 0.255, below the
+zero-shot LLM's 0.345; on SST-2 it saw 70% / 70%, and the student answering scored 0.595 where the LLM
+answering every task had scored 0.670. A student's held-out figures on a few dozen reviews say little
+about tasks whose labels are spread differently, while the LLM's few-shot prompt does not learn that
+spread. So below `trusted_from` reviewed examples (STUDENT_TRUSTED_FROM, 200: where SST-2 no longer
+showed a clear loss, 0.655 against 0.680) a tie gives the unsure tasks to the LLM, and the student
+answers them only when its own wins are no coin toss.
+
 The same paired examples score the LLM's answers: a logistic regression of "the LLM was right" on the
 LLM's own label probability and the student's probability of the LLM's label (both as log-odds), so an
 LLM answer's `score` uses what the LLM itself was sure of, calibrated on the project's reviews (before,
@@ -114,11 +125,15 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
 
 
 def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right: Sequence[bool],
-                alpha: float = 0.1) -> float:
+                alpha: float = 0.1, undecided: float = 0.0) -> float:
     """The student's probability at or above which it should answer: the lowest that gets the most of
     these paired examples right with the student answering there and the LLM below, provided the LLM's
     wins below it are not chance (one-sided sign test on the examples where only one of them was right,
-    p < `alpha`); else 0.0, the student answers every task. 2.0: never (the LLM is best on all)."""
+    p < `alpha`). 2.0: never (the LLM is best on all).
+
+    When the examples cannot tell them apart, `undecided`: 0.0 (the default) lets the student answer every
+    task; 2.0 gives every task to the LLM unless the student's own wins are not chance (the same test the
+    other way), for a student trained on too few reviews to be trusted on a tie (StudentPolicy.trusted_from)."""
     p = np.asarray(probs, dtype=np.float64)
     s = np.asarray(student_right, dtype=bool)
     llm = np.asarray(llm_right, dtype=bool)
@@ -127,7 +142,11 @@ def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right
     best = float(candidates[right.index(max(right))])
     below = p < best
     wins, losses = int((llm & ~s & below).sum()), int((s & ~llm & below).sum())
-    return best if best > 0.0 and _sign_test(wins, losses) < alpha else 0.0
+    if best > 0.0 and _sign_test(wins, losses) < alpha:
+        return best
+    if undecided > 0.0 and _sign_test(int((s & ~llm).sum()), int((llm & ~s).sum())) < alpha:
+        return 0.0  # the student is measurably better than the LLM on these examples
+    return undecided
 
 
 def _sign_test(wins: int, losses: int) -> float:
@@ -147,15 +166,20 @@ def deferred_sample(model: StudentModel, size: int, seed: int = 0) -> list[int]:
     return sorted(int(i) for i in rng.permutation(unsure)[:size])
 
 
-def still_valid(previous: Verdict | None, n_examples: int) -> bool:
-    """A verdict holds until the reviewed examples have doubled since it was measured."""
-    return previous is not None and n_examples < 2 * previous.at_examples
+def still_valid(previous: Verdict | None, n_examples: int, trusted_from: int = 0) -> bool:
+    """A verdict holds until the reviewed examples have doubled since it was measured, or have reached
+    `trusted_from` since (where an undecided referee's answer changes hands)."""
+    if previous is None or n_examples >= 2 * previous.at_examples:
+        return False
+    return not previous.at_examples < trusted_from <= n_examples
 
 
 def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: Sequence[str], control: str,
-              judge: Judge, plan: Any, project_id: str, size: int, seed: int = 0) -> Verdict | None:
+              judge: Judge, plan: Any, project_id: str, size: int, seed: int = 0,
+              trusted_from: int = 0) -> Verdict | None:
     """Ask the LLM the sampled examples (`datas`/`labels` are the student's training rows, in its order)
-    and compare with the student; None when too few were answered to say."""
+    and compare with the student; None when too few were answered to say. Below `trusted_from` reviewed
+    examples a tie gives the unsure tasks to the LLM (best_switch's `undecided`)."""
     held = model.held_out
     if held is None:
         return None
@@ -187,7 +211,8 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
         weights = fit_llm_score([p or 0.0 for p, _, _ in labelled], [q for _, q, _ in labelled],
                                 [r for _, _, r in labelled])
     verdict = Verdict(float(np.mean(llm_right)), float(np.mean(student_right)), len(llm_right), model.n_examples,
-                      best_switch(probs, student_right, llm_right), weights)
+                      best_switch(probs, student_right, llm_right,
+                                  undecided=2.0 if model.n_examples < trusted_from else 0.0), weights)
     log.info("project %s: referee for %r: on %d held-out examples the student was unsure of, the LLM was right "
              "%.0f%% of the time, the student %.0f%%; the student answers alone from probability %.3f",
              project_id, control, verdict.n, 100 * verdict.llm_accuracy, 100 * verdict.student_accuracy,

@@ -83,6 +83,7 @@ class StudentPolicy:
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
     reads: str | None = "words"  # how the student reads the text beside its vector, None: it does not
     referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
+    trusted_from: int = 200  # reviewed examples from which a referee's tie goes to the student (learning.referee)
     refresh_seconds: float = 2.0
 
 
@@ -267,12 +268,12 @@ class Trainer:
                 previous = Verdict.from_json(calibration["referee"])
         except (SQLAlchemyError, ValueError):
             previous = None
-        if still_valid(previous, model.n_examples):
+        if still_valid(previous, model.n_examples, self.policy.trusted_from):
             return previous.as_json() if previous is not None else None
         if plan is None:
             return None
         verdict = judge_llm(model, datas, labels, control.name, self.judge, plan, project_id,
-                            self.policy.referee_sample)
+                            self.policy.referee_sample, trusted_from=self.policy.trusted_from)
         return verdict.as_json() if verdict is not None else None
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
@@ -512,6 +513,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         set_coverage=settings.student_set_coverage,
         reads=FEATURE_READINGS[settings.student_features],
         referee_sample=settings.student_referee_sample,
+        trusted_from=settings.student_trusted_from,
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)

@@ -83,6 +83,7 @@ def run_eval(settings: Settings, build_model: Callable[[Settings], ServedModel],
                 "vectors": _similarity(selector_of(model).vectors),
                 "student_mode": getattr(settings, "student_mode", "off"),
                 "student_features": getattr(settings, "student_features", None),
+                "student_trusted_from": getattr(settings, "student_trusted_from", None),
                 "wall_seconds": round(time.time() - started, 1),
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "complete": len(rows) == len(points), "results": rows,
@@ -112,7 +113,8 @@ def write_results(results: dict[str, Any], out: Path) -> None:
 # what must be equal for two runs' points to belong on one curve: a point is the same measurement in
 # every run that shares these (nested seeded examples, one seeded test sample, one model and settings)
 SAME_CURVE = ("config", "train", "test", "kind", "model", "provider", "seed", "n_test", "train_size", "knn_k",
-              "embeddings", "selection_similarity", "vectors", "student_mode", "student_features")
+              "embeddings", "selection_similarity", "vectors", "student_mode", "student_features",
+              "student_trusted_from")
 
 
 def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
