@@ -308,7 +308,8 @@ class Settings(BaseSettings):
         default=40, ge=0, le=1000, validation_alias="STUDENT_REFEREE_SAMPLE",
         description="cascade: after training, the LLM answers this many held-out reviewed examples the student "
         "is unsure of; the student then also answers at or above the switch chosen on them (every task when "
-        "the LLM is not measurably better there) (0: only the STUDENT_PRECISION threshold)",
+        "the LLM is not measurably better there, from STUDENT_TRUSTED_FROM reviews) (0: only the "
+        "STUDENT_PRECISION threshold)",
     )
     student_trusted_from: int = Field(
         default=200, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
