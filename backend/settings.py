@@ -312,10 +312,11 @@ class Settings(BaseSettings):
         "STUDENT_PRECISION threshold)",
     )
     student_trusted_from: int = Field(
-        default=200, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
+        default=0, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
         description="cascade: reviewed examples from which a referee that cannot tell the student and the LLM "
         "apart lets the student answer the tasks it is unsure of (no call); with fewer, the LLM answers them "
-        "unless the student is measurably better (0: always the student)",
+        "unless the student is measurably better (0, the default: always the student; 200 measured at 50 "
+        "reviews: SST-2 0.595 -> 0.670, TweetEval 0.255 -> 0.245, Banking77 0.260 -> 0.205)",
     )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",

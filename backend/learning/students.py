@@ -83,7 +83,7 @@ class StudentPolicy:
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
     reads: str | None = "words"  # how the student reads the text beside its vector, None: it does not
     referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
-    trusted_from: int = 200  # reviewed examples from which a referee's tie goes to the student (learning.referee)
+    trusted_from: int = 0  # reviewed examples from which a referee's tie goes to the student (learning.referee)
     refresh_seconds: float = 2.0
 
 
