@@ -27,7 +27,7 @@ without the sign test sent SST-2 tasks below 0.77 to the LLM because it had won 
 40 examples there: 0.835 on the test tasks, against 0.850 with the student answering all.
 
 A tie (the examples cannot tell them apart) went to the student at any number of reviews, the answer
-that costs no call. With 50 reviews that was the wrong side (`lsllm eval`, embedded model, 200 test
+that costs no call. With 50 reviews it looked like the wrong side (`lsllm eval`, embedded model, 200 test
 tasks): on TweetEval the referee saw 38% / 38%, and the student, trained on 24 positive, 20 neutral and
 6 negative reviews, said "positive" to 136 tasks of a sample that is half neutral: 0.255, below the
 zero-shot LLM's 0.345; on SST-2 it saw 70% / 70%, and the student answering scored 0.595 where the LLM
