@@ -179,9 +179,11 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
     assert item["score"] == pytest.approx(student.top(ranked[0][1]), abs=1e-5)
 
 
-def test_a_verdict_is_kept_until_the_reviews_double(make_app: Any, provider: Any) -> None:
+@pytest.mark.parametrize("trusted_from", [0, 100])
+def test_a_verdict_is_kept_until_the_reviews_double(make_app: Any, provider: Any, trusted_from: int) -> None:
+    """...or until they reach STUDENT_TRUSTED_FROM, where a tie changes hands: measured again then."""
     provider.responder = lambda body: json_answer({"sentiment": "neutral"})
-    app = trained(make_app, student_referee_sample=15)
+    app = trained(make_app, student_referee_sample=15, student_trusted_from=trusted_from)
     model = model_of(app)
     students = model.predictor.pipeline.student
     spec = build_task_spec(SENT)
@@ -197,8 +199,13 @@ def test_a_verdict_is_kept_until_the_reviews_double(make_app: Any, provider: Any
     assert students.settle("7", model.predictor.plan(SENT), timeout=300)
     second = students.student("7", spec, spec.controls[0])
     assert second is not None and first is not None and second.version > first.version
-    assert second.n_examples == 100 and second.referee == first.referee  # carried over from the store
-    assert len(provider.requests) == asked  # and no LLM call was made to measure it again
+    assert second.n_examples == 100
+    if trusted_from == 0:
+        assert second.referee == first.referee  # carried over from the store
+        assert len(provider.requests) == asked  # and no LLM call was made to measure it again
+    else:  # 100 reviews reach STUDENT_TRUSTED_FROM: the referee asks again
+        assert second.referee is not None and Verdict.from_json(second.referee).at_examples == 100
+        assert len(provider.requests) > asked
 
 
 def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider: Any) -> None:
