@@ -235,11 +235,11 @@ def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_studen
     assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, alpha=0.2) == 0.15
     # a student trained on too few reviews to be trusted on a tie: the undecided examples go to the LLM,
     # unless the student's own wins are no coin toss either
-    assert best_switch(probs, [1] * 20, [1] * 20, undecided=2.0) == 2.0
-    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, undecided=2.0) == 0.0  # 17 wins against 3
-    assert best_switch(probs, [1] * 10 + [0] * 10, [1] * 8 + [0] * 12, undecided=2.0) == 2.0  # 2 wins: chance
-    assert best_switch(probs, [1] * 10 + [0] * 10, [0] * 20, undecided=2.0) == 0.0  # 10 wins, 0 losses
-    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 10 + [0] * 10, undecided=2.0) == 0.5  # as before
+    assert best_switch(probs, [1] * 20, [1] * 20, tie_to_llm=True) == 2.0
+    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, tie_to_llm=True) == 0.0  # 17 wins against 3
+    assert best_switch(probs, [1] * 10 + [0] * 10, [1] * 8 + [0] * 12, tie_to_llm=True) == 2.0  # 2 wins: chance
+    assert best_switch(probs, [1] * 10 + [0] * 10, [0] * 20, tie_to_llm=True) == 0.0  # 10 wins, 0 losses
+    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 10 + [0] * 10, tie_to_llm=True) == 0.5  # as before
     model, _ = noisy_model()
     judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
     assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)

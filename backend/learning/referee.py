@@ -128,15 +128,15 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
 
 
 def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right: Sequence[bool],
-                alpha: float = 0.1, undecided: float = 0.0) -> float:
+                alpha: float = 0.1, tie_to_llm: bool = False) -> float:
     """The student's probability at or above which it should answer: the lowest that gets the most of
     these paired examples right with the student answering there and the LLM below, provided the LLM's
     wins below it are not chance (one-sided sign test on the examples where only one of them was right,
     p < `alpha`). 2.0: never (the LLM is best on all).
 
-    When the examples cannot tell them apart, `undecided`: 0.0 (the default) lets the student answer every
-    task; 2.0 gives every task to the LLM unless the student's own wins are not chance (the same test the
-    other way), for a student trained on too few reviews to be trusted on a tie (StudentPolicy.trusted_from)."""
+    When the examples cannot tell them apart, 0.0 lets the student answer every task; with `tie_to_llm`,
+    2.0 gives them all to the LLM unless the student's own wins are not chance (the same test the other
+    way), for a student trained on too few reviews to be trusted on a tie (StudentPolicy.trusted_from)."""
     p = np.asarray(probs, dtype=np.float64)
     s = np.asarray(student_right, dtype=bool)
     llm = np.asarray(llm_right, dtype=bool)
@@ -147,9 +147,9 @@ def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right
     wins, losses = int((llm & ~s & below).sum()), int((s & ~llm & below).sum())
     if best > 0.0 and _sign_test(wins, losses) < alpha:
         return best
-    if undecided > 0.0 and _sign_test(int((s & ~llm).sum()), int((llm & ~s).sum())) < alpha:
-        return 0.0  # the student is measurably better than the LLM on these examples
-    return undecided
+    if not tie_to_llm or _sign_test(int((s & ~llm).sum()), int((llm & ~s).sum())) < alpha:
+        return 0.0  # (with tie_to_llm: the student is measurably better than the LLM on these examples)
+    return 2.0
 
 
 def _sign_test(wins: int, losses: int) -> float:
@@ -182,7 +182,7 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
               trusted_from: int = 0) -> Verdict | None:
     """Ask the LLM the sampled examples (`datas`/`labels` are the student's training rows, in its order)
     and compare with the student; None when too few were answered to say. Below `trusted_from` reviewed
-    examples a tie gives the unsure tasks to the LLM (best_switch's `undecided`)."""
+    examples a tie gives the unsure tasks to the LLM (best_switch's `tie_to_llm`)."""
     held = model.held_out
     if held is None:
         return None
@@ -215,7 +215,7 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
                                 [r for _, _, r in labelled])
     verdict = Verdict(float(np.mean(llm_right)), float(np.mean(student_right)), len(llm_right), model.n_examples,
                       best_switch(probs, student_right, llm_right,
-                                  undecided=2.0 if model.n_examples < trusted_from else 0.0), weights)
+                                  tie_to_llm=model.n_examples < trusted_from), weights)
     log.info("project %s: referee for %r: on %d held-out examples the student was unsure of, the LLM was right "
              "%.0f%% of the time, the student %.0f%%; the student answers alone from probability %.3f",
              project_id, control, verdict.n, 100 * verdict.llm_accuracy, 100 * verdict.student_accuracy,
