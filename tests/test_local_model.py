@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import pytest
 from conftest import assert_valid, config
@@ -86,6 +87,26 @@ def test_real_model_predictions_are_valid_with_scores(local_app, name, texts) ->
         assert isinstance(item.get("score"), float)
         if name != "ner":  # a classification answer always carries its choice, scored
             assert item["result"] and isinstance(item["result"][0].get("score"), float)
+
+
+@pytest.mark.parametrize("values", [['"yes"', '"no"'], ["\U0001F600", "\U0001F621"], ["a\\b", "c\\d"]],
+                         ids=["quotes", "emoji", "backslashes"])
+def test_choices_whose_json_holds_a_backslash_are_answered(local_app, values) -> None:
+    """Every label here is written with a backslash in JSON (`\\"`, `\\ud83d…`, `\\\\`). llama-cpp-python's
+    schema grammar did not escape it: the quotes killed the server on every call (SIGSEGV), and the
+    emoji and backslash labels held the model to other text (backend.llm.llama_server)."""
+    app, server = local_app
+    deaths = server.deaths
+    choices = "".join(f"<Choice value={quoteattr(value)}/>" for value in values)
+    cfg = f'<View><Text name="text" value="$text"/><Choices name="mood" toName="text">{choices}</Choices></View>'
+    tasks = [{"id": i, "data": {"text": t}} for i, t in enumerate(["I love it.", "I hate it."])]
+    response = app.test_client().post("/predict", json={"tasks": tasks, "label_config": cfg, "project": "1.2"})
+    assert response.status_code == 200
+    for task, item in zip(tasks, response.get_json()["results"], strict=True):
+        assert item != [] and item["result"], f"no answer for {values}: {server._last_error()}"
+        assert_valid(cfg, task["data"], item)
+        assert item["result"][0]["value"]["choices"][0] in values
+    assert server.deaths == deaths
 
 
 def test_dead_server_fails_fast_per_task_and_is_restarted(local_app) -> None:

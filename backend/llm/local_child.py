@@ -1,6 +1,6 @@
 """Run the embedded model server so that it dies with the backend and says how it died.
 
-    python -m backend.llm.local_child --parent-pid N -- -m llama_cpp.server --model ... (or -- -c CODE ...)
+    python -m backend.llm.local_child --parent-pid N -- -m backend.llm.llama_server --model ... (or -- -c CODE ...)
 
 The server runs in its own session (Ctrl-C on `lsllm prelabel` must not kill it mid-run), so no signal
 from the terminal reaches it, and a backend killed with SIGKILL (or by the OOM killer) used to leave it

@@ -83,10 +83,11 @@ def _port_is_free(port: int) -> bool:
 
 
 def server_command(settings: Settings, path: Path, port: int) -> list[str]:
-    """The llama_cpp.server target as `-m module args...` (run by backend.llm.local_child)."""
+    """The server target as `-m module args...` (run by backend.llm.local_child): llama_cpp.server with its
+    schema grammar fixed (backend.llm.llama_server)."""
     return [
         "-m",
-        "llama_cpp.server",
+        "backend.llm.llama_server",
         "--model", str(path),
         "--model_alias", settings.local_model_name,
         "--host", "127.0.0.1",
