@@ -225,6 +225,19 @@ def test_textarea_keeps_max_submissions_and_cuts_runaway_texts() -> None:
     assert dict(prediction.dropped) == {"truncated": 1, "malformed": 1}
 
 
+def test_a_copied_placeholder_is_not_stored_as_a_text() -> None:
+    """The prompt's example of the form writes texts as placeholders; the embedded model copied one as its
+    TextArea answer. It is dropped, and a real text beside it is kept."""
+    prediction, errors = predict("textarea", {"summary": "<text>", "requests": ["<text>", "call me"]})
+    assert [r["value"]["text"] for r in prediction.result] == [["call me"]] and errors == []
+    assert dict(prediction.dropped) == {"placeholder": 2}
+    answer = {"label": [{"text": "Acme phone", "label": "Product", "sentiment": None,
+                         "reason": "<text about the entity>"}]}
+    prediction, errors = predict("per_region", answer)
+    assert [r["from_name"] for r in prediction.result] == ["label"] and errors == []
+    assert dict(prediction.dropped) == {"placeholder": 1}
+
+
 def test_per_region_attributes_follow_their_span_and_its_label() -> None:
     answer = {"label": [{"text": "Acme phone", "label": "Product", "sentiment": "great!", "reason": "  "},
                         {"text": "Zeta", "label": "Brand", "sentiment": "negative", "reason": "not a product"},

@@ -35,7 +35,7 @@ from converters.controls.base import (
     region_id,
     safe_name,
 )
-from converters.controls.textarea import clean_texts, example_texts
+from converters.controls.textarea import ATTRIBUTE_PLACEHOLDER, clean_texts, example_texts
 from converters.spec import ControlSpec
 
 _TEXT_KEYS = ("text", "entity", "span", "value", "mention", "name")
@@ -172,7 +172,7 @@ def _attribute_placeholder(child: ControlSpec) -> Any:
     if child.kind == "choices":
         first = child.display_labels()[0]
         return [first] if child.multiple else first
-    return "<text about the entity>"
+    return ATTRIBUTE_PLACEHOLDER
 
 
 def _attribute_lines(control: ControlSpec) -> list[str]:

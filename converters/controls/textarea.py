@@ -6,6 +6,10 @@ Studio stores `{"text": [texts]}`. Texts are stripped, empty ones dropped, and e
 `MAX_CHARS` characters (a runaway generation must not become a megabyte annotation; counted in
 `dropped["truncated"]`). The few-shot examples are the reviewers' own texts.
 
+The prompt's example of the answer form writes a text as `TEXT_PLACEHOLDER` (`ATTRIBUTE_PLACEHOLDER` for
+a perRegion TextArea), and a small model copies it: the embedded model answered a TextArea `"<text>"`.
+A copied placeholder is not an answer, so it is dropped (`dropped["placeholder"]`), never stored.
+
 Score: none. A free text has no alternatives to renormalise over, and the mean token probability of a
 sentence measures how fluent it is, not whether it is right; the task's score then falls back to the
 answer's mean token probability (converters.regions), as for any answer without a scored decision.
@@ -22,6 +26,9 @@ from converters.controls.base import AnswerPart, IncompleteAnswer, Region, Unlab
 from converters.spec import ControlSpec
 
 MAX_CHARS = 4000
+TEXT_PLACEHOLDER = "<text>"
+ATTRIBUTE_PLACEHOLDER = "<text about the entity>"
+_PLACEHOLDERS = frozenset({TEXT_PLACEHOLDER, ATTRIBUTE_PLACEHOLDER})
 
 
 def max_texts(control: ControlSpec) -> int | None:
@@ -42,7 +49,8 @@ def several(control: ControlSpec) -> bool:
 
 def clean_texts(control: ControlSpec, raw: Any, dropped: Counter) -> list[str]:
     """The texts to store from what a model wrote: strings (numbers read as text), stripped, non-empty,
-    cut at MAX_CHARS, at most maxSubmissions (one when the answer form is a single string)."""
+    not the prompt's placeholder, cut at MAX_CHARS, at most maxSubmissions (one when the answer form is a
+    single string)."""
     values = raw if isinstance(raw, list) else [raw]
     texts: list[str] = []
     for value in values:
@@ -51,6 +59,9 @@ def clean_texts(control: ControlSpec, raw: Any, dropped: Counter) -> list[str]:
             continue
         text = str(value).strip()
         if not text:
+            continue
+        if text in _PLACEHOLDERS:
+            dropped["placeholder"] += 1
             continue
         if len(text) > MAX_CHARS:
             dropped["truncated"] += 1
@@ -112,7 +123,7 @@ class TextAreaHandler(UnlabelledControl):
         return "the text to write"
 
     def placeholder(self, control: ControlSpec) -> Any:
-        return ["<text>"] if several(control) else "<text>"
+        return [TEXT_PLACEHOLDER] if several(control) else TEXT_PLACEHOLDER
 
     def prompt_lines(self, control: ControlSpec) -> tuple[str, ...]:
         what = control.attr("placeholder") or control.attr("hint") or ""
