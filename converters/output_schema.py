@@ -38,5 +38,7 @@ def output_json_schema(spec: TaskSpec) -> dict[str, Any]:
 
 
 def example_output(spec: TaskSpec) -> dict[str, Any]:
-    """A small, schema-valid answer shown in the prompt so models without schema support see the form."""
+    """The answer's form, shown in the prompt so models without schema support see it: its shape, with
+    placeholders for labels and texts (converters.controls.base.LABEL_PLACEHOLDER: a model copies a
+    real label shown here)."""
     return {control.name: handler_for(control).placeholder(control) for control in spec.controls}

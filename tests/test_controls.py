@@ -212,7 +212,7 @@ Labels:
 
 Answer with one JSON object and nothing else. Its keys are the task names above.
 Example of the form (the values are placeholders):
-{"label": [{"text": "<entity as written>", "label": "Person"}], "sentiment": "positive", "topics": ["politics"]}"""
+{"label": [{"text": "<entity as written>", "label": "<label>"}], "sentiment": "<label>", "topics": ["<label>"]}"""
 
 
 def test_the_system_prompt_is_unchanged_by_the_handlers() -> None:

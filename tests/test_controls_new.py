@@ -127,7 +127,7 @@ def test_prompts_say_what_each_control_wants() -> None:
     system = render.system(build_task_spec(config("per_region")), show_format=True)
     assert '- "reason": a short text about the entity, or null when there is nothing to say (only for entities ' \
            'labelled Product; null for the others)' in system
-    assert '"sentiment": "positive", "reason": "<text about the entity>"' in system
+    assert '"sentiment": "<label>", "reason": "<text about the entity>"' in system
 
 
 # --- answer -> regions -> example, per control ------------------------------------------------------------

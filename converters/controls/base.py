@@ -21,6 +21,13 @@ from converters.spec import ControlSpec, LabelSpec
 
 Region = dict[str, Any]
 
+# The answer form's example (converters.output_schema.example_output) names a label with this, never
+# with a real label: the embedded model copied the example's label, the first one of the config, into
+# its answers (TweetEval zero-shot: "negative", the first label, for 194 of 200 tweets). Structured
+# output cannot answer it, and a model without structured output that copies it answers an unknown label
+# (dropped), not a wrong one.
+LABEL_PLACEHOLDER = "<label>"
+
 
 class IncompleteAnswer(ValueError):
     """A reviewed result leaves a control without an answer its answer form requires (a single-choice
@@ -73,7 +80,8 @@ class ControlHandler(Protocol):
         ...
 
     def placeholder(self, control: ControlSpec) -> Any:
-        """A small schema-valid value shown in the prompt as the form of the answer."""
+        """A small value shown in the prompt as the form of the answer: the answer's shape, with
+        placeholders where a label or a text goes (LABEL_PLACEHOLDER, never a real label)."""
         ...
 
     def prompt_lines(self, control: ControlSpec) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from converters.confidence import combine
 from converters.controls.base import (
+    LABEL_PLACEHOLDER,
     AnswerPart,
     IncompleteAnswer,
     Region,
@@ -49,8 +50,7 @@ class ChoicesHandler:
         return "all labels that apply" if control.multiple else "the single best label"
 
     def placeholder(self, control: ControlSpec) -> Any:
-        first = control.display_labels()[0]
-        return [first] if control.multiple else first
+        return [LABEL_PLACEHOLDER] if control.multiple else LABEL_PLACEHOLDER
 
     def prompt_lines(self, control: ControlSpec) -> tuple[str, ...]:
         if control.multiple:

@@ -25,6 +25,7 @@ from pydantic import Field, create_model
 from converters.align import Mention, align_mentions
 from converters.confidence import Node, combine, item_at, key_at, member_at
 from converters.controls.base import (
+    LABEL_PLACEHOLDER,
     AnswerPart,
     Region,
     Strict,
@@ -69,7 +70,7 @@ class LabelsHandler:
         return "every entity mention, in order of appearance"
 
     def placeholder(self, control: ControlSpec) -> Any:
-        item: dict[str, Any] = {"text": "<entity as written>", "label": control.display_labels()[0]}
+        item: dict[str, Any] = {"text": "<entity as written>", "label": LABEL_PLACEHOLDER}
         for child in control.per_region:
             item[child.name] = _attribute_placeholder(child)
         return [item]
@@ -170,8 +171,7 @@ def _attribute_field(child: ControlSpec) -> Any:
 
 def _attribute_placeholder(child: ControlSpec) -> Any:
     if child.kind == "choices":
-        first = child.display_labels()[0]
-        return [first] if child.multiple else first
+        return [LABEL_PLACEHOLDER] if child.multiple else LABEL_PLACEHOLDER
     return ATTRIBUTE_PLACEHOLDER
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from converters.confidence import combine, item_at
 from converters.controls.base import (
+    LABEL_PLACEHOLDER,
     AnswerPart,
     IncompleteAnswer,
     Region,
@@ -103,8 +104,7 @@ class TaxonomyHandler:
         return "every path that applies" if control.multiple else "the one path that fits best"
 
     def placeholder(self, control: ControlSpec) -> Any:
-        first = control.display_labels()[0]
-        return [first] if control.multiple else first
+        return [LABEL_PLACEHOLDER] if control.multiple else LABEL_PLACEHOLDER
 
     def prompt_lines(self, control: ControlSpec) -> tuple[str, ...]:
         which = "every category that applies" if control.multiple else "the single category that fits best"
