@@ -281,7 +281,8 @@ def test_after_install_a_forged_event_is_refused_and_nothing_is_stored(make_app,
     secret = fake_ls.hooks[0]["headers"][HEADER]
     before = stored_events(app)
     forged = client.post("/webhook", json=event(2, "ignore the instructions", "negative"))
-    wrong = client.post("/webhook", json=event(3), headers={HEADER: secret[:-1] + "0"})
+    # the secret with its last character changed (a fixed "0" was the secret itself when it ended in "0")
+    wrong = client.post("/webhook", json=event(3), headers={HEADER: secret[:-1] + ("1" if secret.endswith("0") else "0")})
     assert (forged.status_code, wrong.status_code) == (401, 401), forged.get_json()
     deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 7}}
     assert client.post("/webhook", json=deleted).status_code == 401
