@@ -307,16 +307,17 @@ class Settings(BaseSettings):
     student_referee_sample: int = Field(
         default=40, ge=0, le=1000, validation_alias="STUDENT_REFEREE_SAMPLE",
         description="cascade: after training, the LLM answers this many held-out reviewed examples the student "
-        "is unsure of; the student then also answers at or above the switch chosen on them (every task when "
+        "is unsure of, with its few-shot examples and (FEW_SHOT_K > 0) without, and is asked the better way "
+        "from then on; the student then also answers at or above the switch chosen on them (every task when "
         "the LLM is not measurably better there, from STUDENT_TRUSTED_FROM reviews) (0: only the "
         "STUDENT_PRECISION threshold)",
     )
     student_trusted_from: int = Field(
-        default=0, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
-        description="cascade: reviewed examples from which a referee that cannot tell the student and the LLM "
-        "apart lets the student answer the tasks it is unsure of (no call); with fewer, the LLM answers them "
-        "unless the student is measurably better (0, the default: always the student; 200 measured at 50 "
-        "reviews: SST-2 0.595 -> 0.670, TweetEval 0.255 -> 0.245, Banking77 0.260 -> 0.205)",
+        default=1000, ge=0, validation_alias="STUDENT_TRUSTED_FROM",
+        description="cascade: reviewed examples from which the referee switches on the student's probability "
+        "(the student answers above the switch, the LLM below where its wins are no coin toss); with fewer, "
+        "the student is judged as a whole on its held-out examples and answers every task only when it got "
+        "more of them right than the LLM, else the LLM answers every task (0: always the switch)",
     )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",

@@ -18,6 +18,7 @@ from webhook_payloads import annotation_event, choice
 from backend.learning.referee import (
     Verdict,
     best_switch,
+    count_switch,
     deferred_sample,
     fit_llm_score,
     judge_llm,
@@ -62,7 +63,7 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     datas = [{"text": f"example {i}"} for i in range(len(labels))]
     asked: list[str] = []
 
-    def judge(plan: Any, project_id: str, data: Any, what: str) -> Answered:
+    def judge(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
         asked.append(data["text"])
         position = int(data["text"].split()[1])
         if position % 5 == 0:
@@ -85,14 +86,19 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     assert verdict.switch == best_switch(probs, rights, [p % 2 == 0 and p % 7 != 0 for p in answered])
     assert verdict.score is not None  # fitted on the LLM's own probability and the student's
     assert llm_score(verdict.score, 0.9, 0.3) > 0.5 > llm_score(verdict.score, 0.4, 0.3)
+    assert verdict.zero_shot_accuracy is None and verdict.examples  # not asked without examples
     assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == Verdict(
         round(verdict.llm_accuracy, 4), round(verdict.student_accuracy, 4), verdict.n, 90, verdict.switch,
         verdict.score)
+    older = {k: v for k, v in verdict.as_json().items() if k not in ("zero_shot_accuracy", "examples")}
+    assert Verdict.from_json(older).examples  # a verdict stored before the zero-shot arm keeps the examples
+    with pytest.raises(ValueError):
+        Verdict.from_json({**verdict.as_json(), "examples": "no"})
     # a provider without logprobs: a verdict, but no score of the LLM's own (the student's stays)
-    plain = judge_llm(model, datas, labels, "sentiment", lambda *a: Answered(region(labels[0])), None, "7", 20)
+    plain = judge_llm(model, datas, labels, "sentiment", lambda *a, **k: Answered(region(labels[0])), None, "7", 20)
     assert plain is not None and plain.score is None
     # too few answers for a verdict
-    assert judge_llm(model, datas, labels, "sentiment", lambda *a: Answered([], "llm_timeout"), None, "7", 20) is None
+    assert judge_llm(model, datas, labels, "sentiment", lambda *a, **k: Answered([], "llm_timeout"), None, "7", 20) is None
     # a verdict holds until the reviewed examples have doubled, or have reached the count from which a
     # tie goes to the student
     assert still_valid(verdict, 179) and not still_valid(verdict, 180) and not still_valid(None, 10)
@@ -101,25 +107,99 @@ def test_the_verdict_counts_what_the_llm_got_right_on_the_unsure_held_out_exampl
     assert deferred_sample(replace(model, held_out=None), 20) == []
 
 
-def test_a_tie_goes_to_the_llm_while_the_student_has_fewer_reviews_than_it_is_trusted_from() -> None:
+def test_below_the_count_it_is_trusted_from_the_student_is_judged_as_a_whole() -> None:
     model, labels = noisy_model()  # 90 reviewed examples
     held = model.held_out
     assert held is not None
     datas = [{"text": f"example {i}"} for i in range(len(labels))]
     at = {int(held.index[i]): i for i in range(len(held.index))}
+    unsure = set(deferred_sample(model, 20))
+    whole = deferred_sample(model, 20, whole=True)
+    assert any(held.top[i] >= model.threshold for i in whole) or model.threshold > 1.0
+    assert len(whole) == 20 and set(whole) != unsure
+    # two of the unsure examples the student got wrong: an LLM right there and wherever the student is
+    # has two wins and no loss (a coin toss for the sign test, not for the count)
+    wrong = sorted((i for i in unsure if not held.right[i]), key=lambda i: held.top[i])[:2]
+    assert len(wrong) == 2
+    extra = {int(held.index[i]) for i in wrong} | {int(held.index[i]) for i in whole if not held.right[i]}
+    asked: list[int] = []
 
-    def twin(plan: Any, project_id: str, data: Any, what: str) -> Answered:
-        """An LLM right exactly where the student is: the examples cannot tell them apart."""
+    def better(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
+        position = int(data["text"].split()[1])
+        asked.append(at[position])
+        right = position in extra or bool(held.right[at[position]])
+        return Answered(region(labels[position] if right else next(x for x in LABELS if x != labels[position])))
+
+    trusted = judge_llm(model, datas, labels, "sentiment", better, None, "7", 20, trusted_from=90)
+    assert trusted is not None and set(asked) == unsure and not trusted.whole
+    assert trusted.llm_accuracy > trusted.student_accuracy
+    assert trusted.switch == 0.0  # the test: two wins may be chance, the student answers every task
+    asked.clear()
+    young = judge_llm(model, datas, labels, "sentiment", better, None, "7", 20, trusted_from=91)
+    assert young is not None and set(asked) == set(whole) and young.whole  # sampled from all held-out ones
+    assert young.switch == 2.0  # the count: the LLM got more right, it answers every task
+
+    def twin(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
+        """An LLM right exactly where the student is: an equal count goes to the LLM."""
         position = int(data["text"].split()[1])
         right = bool(held.right[at[position]])
         return Answered(region(labels[position] if right else next(x for x in LABELS if x != labels[position])))
 
-    trusted = judge_llm(model, datas, labels, "sentiment", twin, None, "7", 20, trusted_from=90)
-    untrusted = judge_llm(model, datas, labels, "sentiment", twin, None, "7", 20, trusted_from=91)
-    assert trusted is not None and untrusted is not None
-    assert trusted.llm_accuracy == trusted.student_accuracy
-    assert trusted.switch == 0.0  # the student answers every task, no call
-    assert untrusted.switch == 2.0  # the LLM answers every task the student is unsure of
+    tied = judge_llm(model, datas, labels, "sentiment", twin, None, "7", 20, trusted_from=91)
+    assert tied is not None and tied.whole and tied.switch == 2.0
+    behind = judge_llm(model, datas, labels, "sentiment",
+                       lambda plan, pid, data, what, examples=True: Answered(region("nonsense")), None, "7", 20,
+                       trusted_from=91)
+    assert behind is not None and behind.whole and behind.switch == 0.0  # the student ahead: it answers all
+    assert Verdict.from_json(json.loads(json.dumps(young.as_json()))) == Verdict.from_json(young.as_json())
+    assert Verdict.from_json(young.as_json()).whole
+
+
+def test_the_llm_is_also_asked_without_examples_and_the_better_of_the_two_is_weighed_against_the_student() -> None:
+    model, labels = noisy_model()
+    held = model.held_out
+    assert held is not None
+    datas = [{"text": f"example {i}"} for i in range(len(labels))]
+    calls: list[tuple[int, bool]] = []
+    sampled = deferred_sample(model, 20)
+    sample = [int(held.index[i]) for i in sampled]
+    failing = sample[3]
+
+    def wrong(position: int) -> str:
+        return next(x for x in LABELS if x != labels[position])
+
+    def examples_mislead(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
+        """Right on every example when asked without examples, on a third of them with."""
+        position = int(data["text"].split()[1])
+        calls.append((position, examples))
+        if position == failing and not examples:
+            return Answered([], reason="llm_rate_limit")  # failed without examples: the pair is not counted
+        right = not examples or position % 3 == 0
+        return Answered(region(labels[position] if right else wrong(position), 0.8))
+
+    verdict = judge_llm(model, datas, labels, "sentiment", examples_mislead, None, "7", 20, zero_shot=True)
+    assert len(sample) == 20
+    assert sorted(calls) == sorted([(p, True) for p in sample] + [(p, False) for p in sample])
+    kept = [i for i in sampled if int(held.index[i]) != failing]
+    counted = [int(held.index[i]) for i in kept]
+    assert verdict is not None and verdict.n == len(counted)
+    assert verdict.llm_accuracy == sum(p % 3 == 0 for p in counted) / len(counted)  # with examples
+    assert verdict.zero_shot_accuracy == 1.0 and not verdict.examples and verdict.chosen_accuracy == 1.0
+    # weighed against the LLM without examples, which was right on every unsure example
+    probs, rights = [float(held.top[i]) for i in kept], [bool(held.right[i]) for i in kept]
+    assert verdict.switch == best_switch(probs, rights, [True] * len(kept))
+    assert verdict.switch != best_switch(probs, rights, [p % 3 == 0 for p in counted])
+    assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))).examples is False
+
+    # the same LLM with and without examples (a tie): the examples stay, and the switch is as before
+    twin = judge_llm(model, datas, labels, "sentiment",
+                     lambda plan, pid, data, what, examples=True: examples_mislead(plan, pid, data, what, True),
+                     None, "7", 20, zero_shot=True)
+    alone = judge_llm(model, datas, labels, "sentiment",
+                      lambda plan, pid, data, what, examples=True: examples_mislead(plan, pid, data, what, True),
+                      None, "7", 20)
+    assert twin is not None and alone is not None
+    assert twin.examples and twin.zero_shot_accuracy == twin.llm_accuracy and twin.switch == alone.switch
 
 
 def noisy_feed(client: Any, flip: float = 0.25, per_label: int = 30) -> None:
@@ -179,6 +259,45 @@ def test_the_referee_asks_the_llm_without_the_example_and_the_student_then_answe
     assert item["score"] == pytest.approx(student.top(ranked[0][1]), abs=1e-5)
 
 
+def _by_the_words(body: dict[str, Any], with_examples: str | None) -> dict[str, Any]:
+    """A scripted LLM that reads the task's words right; with few-shot examples in the prompt it answers
+    `with_examples` instead (None: right either way)."""
+    messages = body["messages"]
+    if with_examples is not None and len(messages) > 2:  # system, example turns, task: examples present
+        return json_answer({"sentiment": with_examples})
+    words = messages[-1]["content"].lower()
+    label = max(WORDS, key=lambda lab: sum(w in words for w in WORDS[lab]))
+    return json_answer({"sentiment": label})
+
+
+@pytest.mark.parametrize("misled", [True, False])
+def test_the_llm_is_asked_without_examples_when_the_referee_found_it_better_so(
+    make_app: Any, provider: Any, misled: bool
+) -> None:
+    """An LLM that few-shot examples mislead (it says "neutral" whenever the prompt has some) is asked
+    without them once the referee has measured that; one they do not mislead keeps them."""
+    provider.responder = lambda body: _by_the_words(body, "neutral" if misled else None)
+    app = trained(make_app, student_referee_sample=15)
+    spec = build_task_spec(SENT)
+    students = model_of(app).predictor.pipeline.student
+    student = students.student("7", spec, spec.controls[0])
+    assert student is not None
+    verdict = Verdict.from_json(student.referee)
+    assert verdict.zero_shot_accuracy is not None and verdict.examples is not misled
+    if misled:
+        assert verdict.zero_shot_accuracy > verdict.llm_accuracy
+    plan = model_of(app).predictor.plan(SENT)
+    assert students.examples_help(plan, "7") is not misled
+    referee_asks = [r for r in provider.requests if "sentiment" in json.dumps(r.get("response_format") or {})]
+    assert sum(len(r["messages"]) == 2 for r in referee_asks) >= verdict.n  # each example asked bare too
+    assert sum(len(r["messages"]) > 2 for r in referee_asks) >= verdict.n  # and with its examples
+
+    # what a task the student leaves to the LLM is asked with (the pipeline's prompt, as /predict builds it)
+    sent = model_of(app).predictor.pipeline.prompt(plan, {"text": "tuesday wonderful terrible package"}, "7")
+    assert (len(sent.messages) == 2) is misled  # system and task only: no few-shot turns
+    assert len(model_of(app).predictor.pipeline.prompt(plan, {"text": "noon junk"}, "7", examples=True).messages) > 2
+
+
 @pytest.mark.parametrize("trusted_from", [0, 100])
 def test_a_verdict_is_kept_until_the_reviews_double(make_app: Any, provider: Any, trusted_from: int) -> None:
     """...or until they reach STUDENT_TRUSTED_FROM, where a tie changes hands: measured again then."""
@@ -221,7 +340,7 @@ def test_without_the_referee_the_threshold_alone_decides(make_app: Any, provider
 
 def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_student_on_ties() -> None:
     from backend.learning.referee import best_switch
-    from backend.learning.students import _likelier_than_llm
+    from backend.learning.students import _answers, _likelier_than_llm
 
     probs = [i / 20 for i in range(20)]
     # the LLM is right on the hard half, the student on the easy half: switch at 0.5 (10 wins, 0 losses)
@@ -233,17 +352,24 @@ def test_the_switch_gets_the_most_held_out_examples_right_and_prefers_the_studen
     few = [0, 0, 0, 1] + [1] * 16
     assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16) == 0.0
     assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, alpha=0.2) == 0.15
-    # a student trained on too few reviews to be trusted on a tie: the undecided examples go to the LLM,
-    # unless the student's own wins are no coin toss either
-    assert best_switch(probs, [1] * 20, [1] * 20, tie_to_llm=True) == 2.0
-    assert best_switch(probs, few, [1, 1, 1, 0] + [0] * 16, tie_to_llm=True) == 0.0  # 17 wins against 3
-    assert best_switch(probs, [1] * 10 + [0] * 10, [1] * 8 + [0] * 12, tie_to_llm=True) == 2.0  # 2 wins: chance
-    assert best_switch(probs, [1] * 10 + [0] * 10, [0] * 20, tie_to_llm=True) == 0.0  # 10 wins, 0 losses
-    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 10 + [0] * 10, tie_to_llm=True) == 0.5  # as before
+    # a student trained on too few reviews to switch on its probability: the one with more right takes all
+    assert count_switch(few, [1, 1, 1, 0] + [0] * 16) == 0.0  # 17 right against 3
+    assert count_switch([1] * 20, [1] * 20) == 2.0  # an equal count: the LLM, until the student is ahead
+    assert count_switch([1] * 10 + [0] * 10, [1] * 9 + [0] * 11) == 0.0  # ahead by one
+    assert count_switch(few, [1] * 19 + [0]) == 2.0  # 19 right against 17
+    assert best_switch(probs, few, [1] * 19 + [0]) == 0.0  # (the test: three wins are a coin toss)
+    assert count_switch([0] * 10 + [1] * 10, [1] * 9 + [0] * 11) == 0.0  # 10 against 9: no switch between
+    assert best_switch(probs, [0] * 10 + [1] * 10, [1] * 9 + [0] * 11) == 0.45  # where the test finds one
     model, _ = noisy_model()
     judged = replace(model, referee=Verdict(0.8, 0.6, 40, 90, 0.5).as_json())
     assert not _likelier_than_llm(judged, 0.49) and _likelier_than_llm(judged, 0.5)
     assert not _likelier_than_llm(replace(model, referee=None), 0.99)  # no verdict: the threshold decides
+    # the cascade: above the threshold the student answers, unless a verdict on it as a whole says the LLM
+    sure = replace(model, threshold=0.6)
+    assert _answers(replace(sure, referee=Verdict(0.8, 0.6, 40, 90, 2.0).as_json()), 0.7)
+    assert not _answers(replace(sure, referee=Verdict(0.8, 0.6, 40, 90, 2.0).as_json()), 0.5)
+    assert not _answers(replace(sure, referee=Verdict(0.8, 0.6, 40, 49, 2.0, whole=True).as_json()), 0.99)
+    assert _answers(replace(sure, referee=Verdict(0.5, 0.6, 40, 49, 0.0, whole=True).as_json()), 0.1)
 
 
 def test_the_llm_score_uses_the_llms_own_probability_and_the_students() -> None:

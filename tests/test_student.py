@@ -170,14 +170,27 @@ def test_student_from_webhooks_is_stored_without_pickle_and_used_by_another_work
         model_of(other).close()
 
 
-def test_cascade_asks_the_llm_when_unsure_and_scores_its_answer(make_app: Any, provider: Any) -> None:
+@pytest.mark.parametrize("trusted_from", [0, 1000])
+def test_cascade_asks_the_llm_when_unsure_and_scores_its_answer(make_app: Any, provider: Any,
+                                                                trusted_from: int) -> None:
+    """From STUDENT_TRUSTED_FROM reviews the threshold and the referee's switch decide task by task; below
+    it (90 reviews < 1,000) a student judged as a whole and found ahead of the LLM answers every task."""
     provider.responder = lambda body: json_answer({"sentiment": "negative"})
-    app = trained_app(make_app, provider)
+    app = trained_app(make_app, provider, student_trusted_from=trusted_from)
     client = app.test_client()
     before = len(provider.requests)
+    item = predict(client, "quantum chromodynamics lattice gauge", SENT, 902)["results"][0]
+    spec = build_task_spec(SENT)
+    student = model_of(app).predictor.pipeline.student.student("7", spec, spec.controls[0])
+    assert student is not None
+    if trusted_from:  # the student was right more often than an LLM that always says "negative"
+        assert student.referee is not None and student.referee["whole"] and student.referee["switch"] == 0.0
+        assert len(provider.requests) == before, "the student should have answered"
+        assert "lsllm_student_answers_total 1.0" in client.get("/metrics").get_data(as_text=True)
+        return
     # nothing the student knows: below its threshold, so the LLM answers; the score is the student's
     # calibrated probability of the LLM's label, never the raw logprob
-    item = predict(client, "quantum chromodynamics lattice gauge", SENT, 902)["results"][0]
+    assert not (student.referee or {}).get("whole")  # (no verdict: no held-out example was unsure)
     assert len(provider.requests) == before + 1
     assert item["result"][0]["value"]["choices"] == ["negative"]
     assert 0.0 <= item["score"] <= 1.0

@@ -33,18 +33,30 @@ tasks): on TweetEval the referee saw 38% / 38%, and the student, trained on 24 p
 zero-shot LLM's 0.345; on SST-2 it saw 70% / 70%, and the student answering scored 0.595 where the LLM
 answering every task had scored 0.670. A student's held-out figures on a few dozen reviews say little
 about tasks whose labels are spread differently, while the LLM's few-shot prompt does not learn that
-spread. So below `trusted_from` reviewed examples (STUDENT_TRUSTED_FROM) a tie can give the unsure
-tasks to the LLM, and the student answers them only when its own wins are no coin toss. Measured at 50
-reviews with 200 (that setting's first value): SST-2 0.670 (from 0.595), but TweetEval 0.245 (from
-0.255: the few-shot LLM, shown the same lopsided reviews, said "positive" too) and Banking77 0.205
-(from 0.260, under the 8-NN vote's 0.240; referee 28% / 33%). It helps one set of three, so it is off
-by default (0: a tie goes to the student at any count).
+spread. So below `trusted_from` reviewed examples (STUDENT_TRUSTED_FROM) a student is judged as a whole:
+the referee samples from all its held-out examples, not only the unsure ones, and the one of the two that
+got more of them right answers every task (an equal count: the LLM, which answered every task before
+there was a student), with no switch or threshold on the student's probability. Measured (`lsllm eval`, embedded model, the zero-shot arm below, 200 test
+tasks): a switch chosen on 40 unsure examples without the sign test gave SST-2 at 50 reviews 0.700;
+TweetEval's switch (0.512) passed the test at 50 and gave 0.235, and with the LLM answering every unsure
+task its threshold still let the student answer 71 tasks: 0.295, both against 0.370 zero-shot; judged as
+a whole it tied the LLM (52.5% each), and the student answering all gave 0.255. This
+setting's first form gave every tie to the LLM: at 50 reviews SST-2 0.670 (from 0.595) but Banking77
+0.205 (from 0.260, under the 8-NN vote's 0.240), where the referee had seen the student ahead (33%
+against 28%), which the count respects.
 
 The same paired examples score the LLM's answers: a logistic regression of "the LLM was right" on the
 LLM's own label probability and the student's probability of the LLM's label (both as log-odds), so an
 LLM answer's `score` uses what the LLM itself was sure of, calibrated on the project's reviews (before,
 it was the student's probability alone: after the active-learning benchmark's refresh, the 20% lowest
 scores held 0.056 of the errors, below the 0.2 of a random order).
+
+The LLM the student is weighed against is the better of two: each example is asked with the task's
+few-shot examples and, when there are any (FEW_SHOT_K > 0), again without them, and the one that got
+more of them right is the one the cascade calls (`Verdict.examples`, read by the pipeline through
+`Students.examples_help`; a tie keeps the examples). Measured with the embedded SmolLM2-135M at 50
+reviews, with the LLM answering every SST-2 task: eight selected examples 0.645, two 0.605, none 0.765;
+before this arm the referee never saw the zero-shot LLM. It doubles the referee's calls.
 
 The verdict is kept with the student and measured again when the reviewed examples have doubled since
 (so a growing project pays log2(growth) checks of `size` calls).
@@ -69,10 +81,12 @@ MIN_VERDICT = 10  # fewer answered examples than this (or than `size`) give no v
 
 
 class Judge(Protocol):
-    """The LLM on one reviewed example asked as a new task (backend.predict.pipeline.TaskPipeline.held_out):
-    returns a result with `.item` (a prediction, or [] when it failed) and `.reason` ("ok" when answered)."""
+    """The LLM on one reviewed example asked as a new task (backend.predict.pipeline.TaskPipeline.held_out),
+    with its few-shot examples or, `examples=False`, without: returns a result with `.item` (a
+    prediction, or [] when it failed) and `.reason` ("ok" when answered)."""
 
-    def __call__(self, plan: Any, project_id: str, data: Mapping[str, Any], what: str) -> Any: ...
+    def __call__(self, plan: Any, project_id: str, data: Mapping[str, Any], what: str,
+                 examples: bool = True) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -83,20 +97,34 @@ class Verdict:
     at_examples: int  # reviewed examples the student had when this was measured
     switch: float = 0.0  # the student answers alone at or above this top probability (above 1: never)
     score: tuple[float, float, float] | None = None  # llm_score weights (a, b, c); None: not fitted
+    zero_shot_accuracy: float | None = None  # the LLM asked the same examples with no examples; None: not asked
+    examples: bool = True  # the LLM's prompts carry few-shot examples (False: it was right more often without)
+    whole: bool = False  # judged on all its held-out examples: the switch alone decides, the threshold too
+
+    @property
+    def chosen_accuracy(self) -> float:
+        """The accuracy of the LLM the student was weighed against (with or without examples)."""
+        return self.llm_accuracy if self.examples or self.zero_shot_accuracy is None else self.zero_shot_accuracy
 
     def as_json(self) -> dict[str, Any]:
         return {"llm_accuracy": round(self.llm_accuracy, 4), "student_accuracy": round(self.student_accuracy, 4),
                 "n": self.n, "at_examples": self.at_examples, "switch": self.switch,
-                "score": list(self.score) if self.score is not None else None}
+                "score": list(self.score) if self.score is not None else None,
+                "zero_shot_accuracy": None if self.zero_shot_accuracy is None else round(self.zero_shot_accuracy, 4),
+                "examples": self.examples, "whole": self.whole}
 
     @classmethod
     def from_json(cls, data: Any) -> Verdict:
         """Raises ValueError for anything as_json did not write."""
         try:
-            score = data.get("score")
+            score, zero = data.get("score"), data.get("zero_shot_accuracy")  # both absent in older verdicts
+            examples, whole = data.get("examples", True), data.get("whole", False)
+            if not isinstance(examples, bool) or not isinstance(whole, bool):
+                raise ValueError("'examples' or 'whole' is not a boolean")
             return cls(float(data["llm_accuracy"]), float(data["student_accuracy"]), int(data["n"]),
                        int(data["at_examples"]), float(data["switch"]),
-                       (float(score[0]), float(score[1]), float(score[2])) if score is not None else None)
+                       (float(score[0]), float(score[1]), float(score[2])) if score is not None else None,
+                       None if zero is None else float(zero), examples, whole)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a referee verdict: {exc}") from exc
 
@@ -128,15 +156,12 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
 
 
 def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right: Sequence[bool],
-                alpha: float = 0.1, tie_to_llm: bool = False) -> float:
+                alpha: float = 0.1) -> float:
     """The student's probability at or above which it should answer: the lowest that gets the most of
     these paired examples right with the student answering there and the LLM below, provided the LLM's
     wins below it are not chance (one-sided sign test on the examples where only one of them was right,
-    p < `alpha`). 2.0: never (the LLM is best on all).
-
-    When the examples cannot tell them apart, 0.0 lets the student answer every task; with `tie_to_llm`,
-    2.0 gives them all to the LLM unless the student's own wins are not chance (the same test the other
-    way), for a student trained on too few reviews to be trusted on a tie (StudentPolicy.trusted_from)."""
+    p < `alpha`); else 0.0, the student answers every task (the answer that costs no call). 2.0: never
+    (the LLM is best on all)."""
     p = np.asarray(probs, dtype=np.float64)
     s = np.asarray(student_right, dtype=bool)
     llm = np.asarray(llm_right, dtype=bool)
@@ -145,11 +170,15 @@ def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right
     best = float(candidates[right.index(max(right))])
     below = p < best
     wins, losses = int((llm & ~s & below).sum()), int((s & ~llm & below).sum())
-    if best > 0.0 and _sign_test(wins, losses) < alpha:
-        return best
-    if not tie_to_llm or _sign_test(int((s & ~llm).sum()), int((llm & ~s).sum())) < alpha:
-        return 0.0  # (with tie_to_llm: the student is measurably better than the LLM on these examples)
-    return 2.0
+    return best if best > 0.0 and _sign_test(wins, losses) < alpha else 0.0
+
+
+def count_switch(student_right: Sequence[bool], llm_right: Sequence[bool]) -> float:
+    """All or nothing, for a student trained on too few reviews to switch on its probability
+    (StudentPolicy.trusted_from): 0.0 (the student answers every task, no call) when it got more of the
+    paired examples right than the LLM, else 2.0 (the LLM answers every task, as it did before there was
+    a student: a young student takes over only once it is ahead)."""
+    return 0.0 if sum(map(bool, student_right)) > sum(map(bool, llm_right)) else 2.0
 
 
 def _sign_test(wins: int, losses: int) -> float:
@@ -158,13 +187,13 @@ def _sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
 
 
-def deferred_sample(model: StudentModel, size: int, seed: int = 0) -> list[int]:
-    """Positions in the held-out arrays of up to `size` examples the cascade would not answer alone,
-    a seeded random choice."""
+def deferred_sample(model: StudentModel, size: int, seed: int = 0, whole: bool = False) -> list[int]:
+    """Positions in the held-out arrays of up to `size` examples the cascade would not answer alone
+    (`whole`: of any held-out example), a seeded random choice."""
     held = model.held_out
     if held is None or size <= 0:
         return []
-    unsure = np.flatnonzero(held.top < model.threshold)
+    unsure = np.arange(len(held.top)) if whole else np.flatnonzero(held.top < model.threshold)
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.permutation(unsure)[:size])
 
@@ -177,49 +206,90 @@ def still_valid(previous: Verdict | None, n_examples: int, trusted_from: int = 0
     return not previous.at_examples < trusted_from <= n_examples
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """One answer of the LLM to a held-out example."""
+
+    label: str | None  # the label it gave the control (None: no readable answer)
+    right: bool
+    own: float | None  # its own probability of that label (None: the provider gives none)
+
+
+def _ask(judge: Judge, plan: Any, project_id: str, data: Mapping[str, Any], truth: str, control: str, what: str,
+         examples: bool) -> _Asked | None:
+    """The LLM's answer to one held-out example; None when the call failed (that says nothing about its
+    judgement; an answer that could not be parsed counts: the LLM got that task wrong)."""
+    result = judge(plan, project_id, data, what, examples=examples)
+    reason = str(getattr(result, "reason", "ok"))
+    if reason.startswith("llm_") or reason == "deadline":
+        return None
+    item = result.item if isinstance(result.item, Mapping) else {}
+    label = choice_of(item.get("result"), control)
+    return _Asked(label, label == truth, _region_score(item.get("result"), control))
+
+
 def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: Sequence[str], control: str,
               judge: Judge, plan: Any, project_id: str, size: int, seed: int = 0,
-              trusted_from: int = 0) -> Verdict | None:
+              trusted_from: int = 0, zero_shot: bool = False) -> Verdict | None:
     """Ask the LLM the sampled examples (`datas`/`labels` are the student's training rows, in its order)
     and compare with the student; None when too few were answered to say. Below `trusted_from` reviewed
-    examples a tie gives the unsure tasks to the LLM (best_switch's `tie_to_llm`)."""
+    examples the student is judged as a whole: the examples are sampled from all its held-out ones, and
+    the student answers every task when it got more of them right, else the LLM does, the threshold's
+    tasks too (count_switch, `whole`).
+
+    With `zero_shot`, each example is also asked with no few-shot examples in the prompt, and the LLM the
+    student is weighed against is the one of the two that got more of them right (a tie keeps the
+    examples): measured with the embedded SmolLM2-135M, eight selected examples made it worse than none
+    (SST-2 at 50 reviews: 0.645 against 0.765 zero-shot), and only the project's own reviews can say
+    which holds for its model and its labels. Both cost one call per task, so no test of chance: the
+    better one on these examples answers."""
     held = model.held_out
     if held is None:
         return None
-    llm_right, student_right, probs, llm_p, student_p, given = [], [], [], [], [], []
-    column = {label: j for j, label in enumerate(model.classes)}
-    for i in deferred_sample(model, size, seed):
+    young = model.n_examples < trusted_from
+    asked: list[tuple[int, _Asked, _Asked | None]] = []  # (held-out position, with examples, without)
+    for i in deferred_sample(model, size, seed, whole=young):
         position = int(held.index[i])
-        result = judge(plan, project_id, datas[position], f"referee {control} example {position}")
-        reason = str(getattr(result, "reason", "ok"))
-        if reason.startswith("llm_") or reason == "deadline":  # the call failed: nothing about its judgement
-            continue  # (an answer that could not be parsed counts: the LLM got that task wrong)
-        item = result.item if isinstance(result.item, Mapping) else {}
-        label = choice_of(item.get("result"), control)
-        given.append(label)
-        llm_right.append(label == labels[position])
-        student_right.append(bool(held.right[i]))
-        probs.append(float(held.top[i]))
-        own = _region_score(item.get("result"), control)
-        llm_p.append(own)
-        student_p.append(float(held.probs[i][column[label]]) if held.probs is not None and label in column else 0.0)
-    if len(llm_right) < min(MIN_VERDICT, size):
-        log.info("project %s: referee for %r: %d answers, no verdict", project_id, control, len(llm_right))
+        what = f"referee {control} example {position}"
+        few = _ask(judge, plan, project_id, datas[position], labels[position], control, what, True)
+        if few is None:
+            continue
+        bare = None
+        if zero_shot:
+            bare = _ask(judge, plan, project_id, datas[position], labels[position], control,
+                        f"{what} without examples", False)
+            if bare is None:  # paired: an example counts only where both were answered
+                continue
+        asked.append((i, few, bare))
+    if len(asked) < min(MIN_VERDICT, size):
+        log.info("project %s: referee for %r: %d answers, no verdict", project_id, control, len(asked))
         return None
+    few_right = [few.right for _, few, _ in asked]
+    zero_right = [bare.right for _, _, bare in asked if bare is not None] if zero_shot else None
+    examples = zero_right is None or sum(zero_right) <= sum(few_right)
+    chosen = [few if examples or bare is None else bare for _, few, bare in asked]
+    column = {label: j for j, label in enumerate(model.classes)}
+    student_right = [bool(held.right[i]) for i, _, _ in asked]
+    probs = [float(held.top[i]) for i, _, _ in asked]
+    student_p = [float(held.probs[i][column[a.label]]) if held.probs is not None and a.label in column else 0.0
+                 for (i, _, _), a in zip(asked, chosen)]
     # the score is for answers with a label (an unreadable answer is never a prediction); a provider
     # without logprobs gives none of its own: the student's score stays
-    labelled = [(p, q, r) for p, q, r, label in zip(llm_p, student_p, llm_right, given) if label is not None]
+    labelled = [(a.own, q, a.right) for a, q in zip(chosen, student_p) if a.label is not None]
     weights = None
     if labelled and all(p is not None for p, _, _ in labelled):
         weights = fit_llm_score([p or 0.0 for p, _, _ in labelled], [q for _, q, _ in labelled],
                                 [r for _, _, r in labelled])
-    verdict = Verdict(float(np.mean(llm_right)), float(np.mean(student_right)), len(llm_right), model.n_examples,
-                      best_switch(probs, student_right, llm_right,
-                                  tie_to_llm=model.n_examples < trusted_from), weights)
+    llm_right = [a.right for a in chosen]
+    verdict = Verdict(float(np.mean(few_right)), float(np.mean(student_right)), len(asked), model.n_examples,
+                      count_switch(student_right, llm_right) if young else best_switch(probs, student_right, llm_right),
+                      weights, None if zero_right is None else float(np.mean(zero_right)), examples, young)
     log.info("project %s: referee for %r: on %d held-out examples the student was unsure of, the LLM was right "
-             "%.0f%% of the time, the student %.0f%%; the student answers alone from probability %.3f",
-             project_id, control, verdict.n, 100 * verdict.llm_accuracy, 100 * verdict.student_accuracy,
-             verdict.switch)
+             "%.0f%% of the time with examples, %s without, the student %.0f%%; the LLM is asked %s, and the "
+             "student answers alone from probability %.3f", project_id, control, verdict.n,
+             100 * verdict.llm_accuracy,
+             "not asked" if verdict.zero_shot_accuracy is None else f"{100 * verdict.zero_shot_accuracy:.0f}%",
+             100 * verdict.student_accuracy, "with examples" if examples else "without examples", verdict.switch)
     return verdict
 
 

@@ -83,7 +83,8 @@ class StudentPolicy:
     set_coverage: float = 0.95  # the label set the LLM chooses from (0: the top hint_labels lead instead)
     reads: str | None = "words"  # how the student reads the text beside its vector, None: it does not
     referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
-    trusted_from: int = 0  # reviewed examples from which a referee's tie goes to the student (learning.referee)
+    trusted_from: int = 1000  # reviewed examples from which the referee switches on the student's probability
+    zero_shot: bool = True  # the referee also asks the LLM without few-shot examples (off when FEW_SHOT_K=0)
     refresh_seconds: float = 2.0
 
 
@@ -273,7 +274,8 @@ class Trainer:
         if plan is None:
             return None
         verdict = judge_llm(model, datas, labels, control.name, self.judge, plan, project_id,
-                            self.policy.referee_sample, trusted_from=self.policy.trusted_from)
+                            self.policy.referee_sample, trusted_from=self.policy.trusted_from,
+                            zero_shot=self.policy.zero_shot)
         return verdict.as_json() if verdict is not None else None
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
@@ -407,8 +409,7 @@ class Students:
         result, score = [], 1.0
         for s in scored:
             label, p = s.ranked[0]
-            if s.model.n_examples < self.policy.min_examples or not (p >= s.model.threshold
-                                                                       or _likelier_than_llm(s.model, p)):
+            if s.model.n_examples < self.policy.min_examples or not _answers(s.model, p):
                 return None
             calibrated = float(s.model.top(p))
             score *= calibrated
@@ -424,6 +425,25 @@ class Students:
             self.metrics.student_answers.inc()
             self.metrics.llm_calls_saved.inc()
         return {"result": result, "score": score, "model_version": model_version}
+
+    def examples_help(self, plan: Any, project_id: str | None) -> bool:
+        """Whether the LLM's prompts for this project carry few-shot examples: False only in cascade
+        mode when every control of the config is a student control whose referee found the LLM right
+        more often without them (learning.referee, `Verdict.examples`)."""
+        if self.policy.mode != "cascade" or project_id is None:
+            return True
+        return self._guard("examples", lambda: self._examples_help(plan, project_id), True)
+
+    def _examples_help(self, plan: Any, project_id: str) -> bool:
+        spec = plan.spec
+        controls = student_controls(spec)
+        if not controls or len(controls) != len(spec.controls):
+            return True
+        for control in controls:
+            model = self.student(project_id, spec, control, plan)
+            if model is None or (model.referee or {}).get("examples", True) is not False:
+                return True
+        return False
 
     def rescore(self, plan: Any, project_id: str | None, texts: Mapping[str, str],
                 item: dict[str, Any]) -> dict[str, Any]:
@@ -494,6 +514,14 @@ def _likelier_than_llm(model: StudentModel, p: float) -> bool:
     return switch is not None and p >= float(switch)
 
 
+def _answers(model: StudentModel, p: float) -> bool:
+    """Whether the cascade lets the student answer a task alone: above its threshold or the referee's
+    switch, or by the switch alone when the referee judged the student as a whole (a young student)."""
+    if (model.referee or {}).get("whole") is True:
+        return _likelier_than_llm(model, p)
+    return p >= model.threshold or _likelier_than_llm(model, p)
+
+
 # STUDENT_FEATURES -> how the student reads the text beside its vector (text_features.READINGS)
 FEATURE_READINGS: dict[str, str | None] = {"words+vectors": "words", "chars+vectors": "chars", "vectors": None}
 
@@ -514,6 +542,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         reads=FEATURE_READINGS[settings.student_features],
         referee_sample=settings.student_referee_sample,
         trusted_from=settings.student_trusted_from,
+        zero_shot=settings.few_shot_k > 0,
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)

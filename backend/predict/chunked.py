@@ -244,7 +244,7 @@ class DocumentRunner:
     ) -> _ChunkAnswer | TaskResult:
         from backend.predict.pipeline import TaskResult
 
-        context = pipeline.context(project_id, plan.spec, texts)  # examples and shortlist for this chunk
+        context = pipeline.task_context(plan, texts, project_id)  # examples and shortlist for this chunk
         examples = list(context.examples)
         masked: dict[str, MaskedText] = {}
         sent = dict(texts)

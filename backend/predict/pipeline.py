@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -58,6 +58,9 @@ class StudentHook(Protocol):
     def rescore(self, plan: ProjectPlan, project_id: str | None, texts: Mapping[str, str],
                 item: dict[str, Any]) -> dict[str, Any]:
         """The LLM's prediction with calibrated scores."""
+
+    def examples_help(self, plan: ProjectPlan, project_id: str | None) -> bool:
+        """Whether the LLM's prompts carry few-shot examples (False: the referee measured it better without)."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,24 @@ class TaskPipeline:
         self.documents = DocumentRunner(settings)  # long texts in chunks, PII masking
 
     # --- one task ------------------------------------------------------------------------------
-    def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None,
-               held_out: bool = False) -> TaskPrompt:
-        """The request for one task: its context (shortlisted spec, examples), schema and messages."""
-        mode = self.llm.response_mode
+    def task_context(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None,
+                     held_out: bool = False, examples: bool | None = None) -> TaskContext:
+        """What a task's prompt is made of (the context source's), without its few-shot examples when
+        `examples` is False, or, when it is None, when the students' referee measured the LLM better
+        without them (StudentHook.examples_help); the shortlist stays either way."""
         if held_out:
             context = self.context(project_id, plan.spec, texts, held_out=True)
         else:
             context = self.context(project_id, plan.spec, texts)
+        if examples is None:
+            examples = self.student is None or self.student.examples_help(plan, project_id)
+        return context if examples or not context.examples else replace(context, examples=())
+
+    def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None,
+               held_out: bool = False, examples: bool | None = None) -> TaskPrompt:
+        """The request for one task: its context (shortlisted spec, examples), schema and messages."""
+        mode = self.llm.response_mode
+        context = self.task_context(plan, texts, project_id, held_out, examples)
         messages = self.renderer.messages(
             context.spec,
             texts,
@@ -199,16 +212,18 @@ class TaskPipeline:
             result.item = self.student.rescore(plan, project_id, texts, result.item)
         return result
 
-    def held_out(self, plan: ProjectPlan, project_id: str, data: Mapping[str, Any], what: str) -> TaskResult:
+    def held_out(self, plan: ProjectPlan, project_id: str, data: Mapping[str, Any], what: str,
+                 examples: bool = True) -> TaskResult:
         """The LLM's prediction for a reviewed example, asked as a new task would be, but with neither
         that example nor the student (which trained on it) in its prompt: how the LLM does on tasks it
-        has not seen answered (backend.predict.referee). Never the cascade, never urgent."""
+        has not seen answered (backend.learning.referee), with few-shot examples or without. Never the
+        cascade, never urgent."""
         task = {"id": None, "data": dict(data)}
         try:
             texts = task_texts(plan.spec, task)
         except ValueError as exc:
             return TaskResult([], error=str(exc), reason="bad_task")
-        prompt = self.prompt(plan, texts, project_id, held_out=True)
+        prompt = self.prompt(plan, texts, project_id, held_out=True, examples=examples)
         answer = self._complete(plan, prompt.messages, prompt.schema, None, what, urgent=False)
         if isinstance(answer, TaskResult):
             return answer
@@ -303,7 +318,7 @@ class TaskPipeline:
     ) -> list[TaskResult]:
         n = len(valid)
         mode = self.llm.response_mode
-        examples = self.context(project_id, plan.spec, valid[0][2]).examples
+        examples = self.task_context(plan, valid[0][2], project_id).examples
         messages = self.renderer.group_messages(
             plan.spec, [texts for _, _, texts in valid], examples,
             show_format=mode is not ResponseFormat.json_schema,
