@@ -34,16 +34,16 @@ zero-shot LLM's 0.345; on SST-2 it saw 70% / 70%, and the student answering scor
 answering every task had scored 0.670. A student's held-out figures on a few dozen reviews say little
 about tasks whose labels are spread differently, while the LLM's few-shot prompt does not learn that
 spread. So below `trusted_from` reviewed examples (STUDENT_TRUSTED_FROM) a student is judged as a whole:
-the referee samples from all its held-out examples, not only the unsure ones, and the one of the two that
-got more of them right answers every task (an equal count: the LLM, which answered every task before
-there was a student), with no switch or threshold on the student's probability. Measured (`lsllm eval`, embedded model, the zero-shot arm below, 200 test
-tasks): a switch chosen on 40 unsure examples without the sign test gave SST-2 at 50 reviews 0.700;
-TweetEval's switch (0.512) passed the test at 50 and gave 0.235, and with the LLM answering every unsure
-task its threshold still let the student answer 71 tasks: 0.295, both against 0.370 zero-shot; judged as
-a whole it tied the LLM (52.5% each), and the student answering all gave 0.255. This
-setting's first form gave every tie to the LLM: at 50 reviews SST-2 0.670 (from 0.595) but Banking77
-0.205 (from 0.260, under the 8-NN vote's 0.240), where the referee had seen the student ahead (33%
-against 28%), which the count respects.
+the referee samples from all its held-out examples, not only the unsure ones, and the one of the two
+that got more of them right answers every task (an equal count: the LLM, which answered every task
+before there was a student), with no switch or threshold on the student's probability. Measured (`lsllm
+eval`, embedded model, the zero-shot arm below, 200 test tasks): a switch chosen on 40 unsure examples
+without the sign test gave SST-2 at 50 reviews 0.700; TweetEval's switch (0.512) passed the test at 50
+and gave 0.235, and with the LLM answering every unsure task its threshold still let the student answer
+71 tasks: 0.295, both against 0.370 zero-shot; judged as a whole it tied the LLM (52.5% each): the
+student answering all gave 0.255, the LLM 0.370. This setting's first form gave every tie to the LLM: at
+50 reviews SST-2 0.670 (from 0.595) but Banking77 0.205 (from 0.260, under the 8-NN vote's 0.240), where
+the referee had seen the student ahead (33% against 28%), which the count respects.
 
 The same paired examples score the LLM's answers: a logistic regression of "the LLM was right" on the
 LLM's own label probability and the student's probability of the LLM's label (both as log-odds), so an
@@ -284,9 +284,10 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
     verdict = Verdict(float(np.mean(few_right)), float(np.mean(student_right)), len(asked), model.n_examples,
                       count_switch(student_right, llm_right) if young else best_switch(probs, student_right, llm_right),
                       weights, None if zero_right is None else float(np.mean(zero_right)), examples, young)
-    log.info("project %s: referee for %r: on %d held-out examples the student was unsure of, the LLM was right "
+    log.info("project %s: referee for %r: on %d held-out examples (%s), the LLM was right "
              "%.0f%% of the time with examples, %s without, the student %.0f%%; the LLM is asked %s, and the "
              "student answers alone from probability %.3f", project_id, control, verdict.n,
+             "any, a young student judged as a whole" if young else "ones the student was unsure of",
              100 * verdict.llm_accuracy,
              "not asked" if verdict.zero_shot_accuracy is None else f"{100 * verdict.zero_shot_accuracy:.0f}%",
              100 * verdict.student_accuracy, "with examples" if examples else "without examples", verdict.switch)
