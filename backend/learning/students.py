@@ -13,7 +13,9 @@ STUDENT_MODE:
   least `min_examples` reviewed examples and whose top probability reaches its cross-validated
   threshold, or the referee's switch (the probability above which the student got more of the held-out
   examples it was unsure of right than the LLM did; backend.learning.referee), the task is answered by
-  the students with no LLM call; otherwise as `hint`;
+  the students with no LLM call; otherwise as `hint`. Below `trusted_from` reviewed examples the
+  referee's verdict on the student as a whole alone decides (all tasks or none; `Verdict.whole`), and
+  its verdict also says whether the LLM is asked with few-shot examples (`examples_help`);
 - `hint`: the student's top labels lead the label shortlist, the LLM decides; once the student has
   `min_examples`, its label set (the top labels that held the right one for STUDENT_SET_COVERAGE of
   the held-out examples) is the whole shortlist of a large label set;
