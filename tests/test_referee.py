@@ -115,28 +115,29 @@ def test_below_the_count_it_is_trusted_from_the_student_is_judged_as_a_whole() -
     at = {int(held.index[i]): i for i in range(len(held.index))}
     unsure = set(deferred_sample(model, 20))
     whole = deferred_sample(model, 20, whole=True)
-    assert any(held.top[i] >= model.threshold for i in whole) or model.threshold > 1.0
     assert len(whole) == 20 and set(whole) != unsure
     # two of the unsure examples the student got wrong: an LLM right there and wherever the student is
     # has two wins and no loss (a coin toss for the sign test, not for the count)
     wrong = sorted((i for i in unsure if not held.right[i]), key=lambda i: held.top[i])[:2]
     assert len(wrong) == 2
-    extra = {int(held.index[i]) for i in wrong} | {int(held.index[i]) for i in whole if not held.right[i]}
     asked: list[int] = []
 
-    def better(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
-        position = int(data["text"].split()[1])
-        asked.append(at[position])
-        right = position in extra or bool(held.right[at[position]])
-        return Answered(region(labels[position] if right else next(x for x in LABELS if x != labels[position])))
+    def right_also_on(extra: set[int]) -> Any:
+        def judge(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
+            position = int(data["text"].split()[1])
+            asked.append(at[position])
+            right = at[position] in extra or bool(held.right[at[position]])
+            return Answered(region(labels[position] if right else next(x for x in LABELS if x != labels[position])))
+        return judge
 
-    trusted = judge_llm(model, datas, labels, "sentiment", better, None, "7", 20, trusted_from=90)
+    trusted = judge_llm(model, datas, labels, "sentiment", right_also_on(set(wrong)), None, "7", 20, trusted_from=90)
     assert trusted is not None and set(asked) == unsure and not trusted.whole
     assert trusted.llm_accuracy > trusted.student_accuracy
     assert trusted.switch == 0.0  # the test: two wins may be chance, the student answers every task
     asked.clear()
-    young = judge_llm(model, datas, labels, "sentiment", better, None, "7", 20, trusted_from=91)
+    young = judge_llm(model, datas, labels, "sentiment", right_also_on(set(wrong)), None, "7", 20, trusted_from=91)
     assert young is not None and set(asked) == set(whole) and young.whole  # sampled from all held-out ones
+    assert young.llm_accuracy > young.student_accuracy  # (the whole sample holds a student error the LLM fixes)
     assert young.switch == 2.0  # the count: the LLM got more right, it answers every task
 
     def twin(plan: Any, project_id: str, data: Any, what: str, examples: bool = True) -> Answered:
@@ -184,7 +185,7 @@ def test_the_llm_is_also_asked_without_examples_and_the_better_of_the_two_is_wei
     counted = [int(held.index[i]) for i in kept]
     assert verdict is not None and verdict.n == len(counted)
     assert verdict.llm_accuracy == sum(p % 3 == 0 for p in counted) / len(counted)  # with examples
-    assert verdict.zero_shot_accuracy == 1.0 and not verdict.examples and verdict.chosen_accuracy == 1.0
+    assert verdict.zero_shot_accuracy == 1.0 and not verdict.examples
     # weighed against the LLM without examples, which was right on every unsure example
     probs, rights = [float(held.top[i]) for i in kept], [bool(held.right[i]) for i in kept]
     assert verdict.switch == best_switch(probs, rights, [True] * len(kept))

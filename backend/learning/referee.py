@@ -101,11 +101,6 @@ class Verdict:
     examples: bool = True  # the LLM's prompts carry few-shot examples (False: it was right more often without)
     whole: bool = False  # judged on all its held-out examples: the switch alone decides, the threshold too
 
-    @property
-    def chosen_accuracy(self) -> float:
-        """The accuracy of the LLM the student was weighed against (with or without examples)."""
-        return self.llm_accuracy if self.examples or self.zero_shot_accuracy is None else self.zero_shot_accuracy
-
     def as_json(self) -> dict[str, Any]:
         return {"llm_accuracy": round(self.llm_accuracy, 4), "student_accuracy": round(self.student_accuracy, 4),
                 "n": self.n, "at_examples": self.at_examples, "switch": self.switch,

@@ -95,6 +95,13 @@ def student_controls(spec: TaskSpec) -> list[ControlSpec]:
     return single_choice_controls(spec)
 
 
+def all_student_controls(spec: TaskSpec) -> list[ControlSpec]:
+    """The config's controls when every one is a student control (the cascade and the examples verdict
+    act on the whole task only then), else []."""
+    controls = student_controls(spec)
+    return controls if len(controls) == len(spec.controls) else []
+
+
 def task_text(spec: TaskSpec, data: Mapping[str, Any]) -> str | None:
     """The text a student reads: the config's text objects joined, as the selector does; None when one
     is missing."""
@@ -402,8 +409,8 @@ class Students:
     def _answer(self, plan: Any, project_id: str | None, texts: Mapping[str, str],
                 model_version: str) -> dict[str, Any] | None:
         spec = plan.spec
-        controls = student_controls(spec)
-        if not controls or len(controls) != len(spec.controls):
+        controls = all_student_controls(spec)
+        if not controls:
             return None
         scored = self._scored(project_id, spec, " ".join(texts.values()), plan)
         if len(scored) != len(controls):
@@ -438,8 +445,8 @@ class Students:
 
     def _examples_help(self, plan: Any, project_id: str) -> bool:
         spec = plan.spec
-        controls = student_controls(spec)
-        if not controls or len(controls) != len(spec.controls):
+        controls = all_student_controls(spec)
+        if not controls:
             return True
         for control in controls:
             model = self.student(project_id, spec, control, plan)

@@ -153,9 +153,11 @@ class TaskPipeline:
             context = self.context(project_id, plan.spec, texts, held_out=True)
         else:
             context = self.context(project_id, plan.spec, texts)
+        if not context.examples:
+            return context
         if examples is None:
             examples = self.student is None or self.student.examples_help(plan, project_id)
-        return context if examples or not context.examples else replace(context, examples=())
+        return context if examples else replace(context, examples=())
 
     def prompt(self, plan: ProjectPlan, texts: Mapping[str, str], project_id: str | None = None,
                held_out: bool = False, examples: bool | None = None) -> TaskPrompt:
