@@ -146,6 +146,14 @@ def error_share_first(tab: list[dict[str, Any]], gold: dict[str, str], share: fl
     return sum(wrong[:head]) / max(1, sum(wrong))
 
 
+def error_share_lowest(tasks: list[dict[str, Any]], gold: dict[str, str], ids: set[int],
+                       share: float = 0.2) -> float:
+    """The share of the errors among `ids` that the `share` of them with the lowest latest-prediction
+    score hold: what the tab shows when it orders by the latest predictions (a check on the tab's order)."""
+    chosen = sorted((t for t in tasks if t["id"] in ids), key=lambda t: (latest(t) or {}).get("score") or 0.0)
+    return error_share_first(chosen, gold, share)
+
+
 def jobs(backend: Backend, project: int) -> list[dict[str, Any]]:
     return httpx.get(f"{backend.url}/projects/{project}/jobs", timeout=30).json()["jobs"]
 
@@ -170,6 +178,8 @@ def main() -> None:
     parser.add_argument("--student", default="off", choices=["off", "hint", "cascade"], help="STUDENT_MODE")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--dump", type=Path, help="write each un-annotated task's latest prediction after the "
+                                                  "refresh (score, label, truth, model_version) here, as JSON lines")
     args = parser.parse_args()
 
     config, pairs = load(args.tasks, args.seed)
@@ -245,8 +255,28 @@ def main() -> None:
         figures["refresh_wall_seconds"] = round((job["finished_at"] or 0) - job["created_at"], 1)
         figures["refresh_llm_calls"] = job["llm_calls"]
         figures["seconds_from_last_review_to_refresh_done"] = round(time.monotonic() - reviews_done, 1)
+        # the tab orders by the scores of the project's model_version, which the backend moves to the
+        # refresh's version in the background after the push (review_tab.follow_version)
+        try:
+            figures["project_model_version_followed_refresh"] = wait(
+                lambda: ls.api("GET", f"/api/projects/{project}").json().get("model_version") == job["model_version"],
+                60, 1.0)
+        except TimeoutError:
+            figures["project_model_version_followed_refresh"] = False
         after = all_tasks(ls, project)
         figures["accuracy_unannotated_after"] = round(accuracy(after, gold, remaining), 3)
+        figures["errors_in_lowest_20pct_by_latest_score_after"] = round(error_share_lowest(after, gold, remaining),
+                                                                        3)
+        if args.dump:
+            with args.dump.open("w") as out:
+                for t in after:
+                    if t["id"] in remaining:
+                        p = latest(t) or {}
+                        out.write(json.dumps({"task": t["id"], "score": p.get("score"), "label": label_of(p),
+                                              "truth": gold[t["data"]["text"]],
+                                              "model_version": p.get("model_version"),
+                                              "result_scores": [r.get("score") for r in p.get("result") or []]})
+                                  + "\n")
         ordered_after = all_tasks(ls, project, tab["id"])
         figures["errors_in_first_20pct_of_tab_after"] = round(error_share_first(ordered_after, gold), 3)
         duplicates = sum(1 for t in after for n in Counter(p["model_version"] for p in t["predictions"]).values()
