@@ -158,9 +158,11 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
     probability, on the student's probability of the LLM's label, and on both. A candidate that gives
     either a negative weight (more certain, less often right: a few dozen examples cannot show that) is
     set aside, and of the rest the one with the lowest leave-one-out log loss is kept (a tie: the one
-    listed first). Fitting both on 40 examples let a student that knew nothing bury what the LLM knew:
-    at 50 TweetEval reviews the LLM's own probability ranked its test answers at AUROC 0.721, the fit of
-    both at 0.498. With no candidate left the score is the examples' share of right answers."""
+    listed first). With no candidate left the score is the examples' share of right answers. Measured
+    (`lsllm eval`, embedded model, 200 test tasks): at 1,000 SST-2 reviews it kept the LLM's own
+    probability, and the AUROC of the LLM's answers' scores went from 0.591 (the fit of both) to 0.709;
+    at 50 TweetEval reviews it kept both, and the AUROC stayed at 0.498 where the LLM's own probability
+    had ranked the zero-shot answers at 0.721: 40 examples can point the wrong way."""
     y = np.asarray(right, dtype=bool)
     if y.all() or not y.any():
         return None
