@@ -170,7 +170,7 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
     best: tuple[float, tuple[float, float, float]] | None = None
     for inputs in SCORE_INPUTS:
         weights = _fit_score(x[:, inputs], y, inputs)
-        if weights is None or min(weights[:2]) < 0:
+        if min(weights[:2]) < 0:
             continue
         loss = _leave_one_out_loss(x[:, inputs], y)
         if best is None or loss < best[0] - 1e-9:
@@ -180,11 +180,9 @@ def fit_llm_score(llm_p: Sequence[float], student_p: Sequence[float],
     return best[1]
 
 
-def _fit_score(x: np.ndarray, y: np.ndarray, inputs: Sequence[int]) -> tuple[float, float, float] | None:
-    """(a, b, c) of a logistic regression on the `inputs` columns (0: the LLM's, 1: the student's);
-    None when the rows hold one class only."""
-    if y.all() or not y.any():
-        return None
+def _fit_score(x: np.ndarray, y: np.ndarray, inputs: Sequence[int]) -> tuple[float, float, float]:
+    """(a, b, c) of a logistic regression on the `inputs` columns (0: the LLM's, 1: the student's); `y`
+    holds both classes."""
     from sklearn.linear_model import LogisticRegression
 
     fitted = LogisticRegression(C=1.0).fit(x, y)
