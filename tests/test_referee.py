@@ -389,8 +389,10 @@ def test_the_llm_score_uses_the_llms_own_probability_and_the_students() -> None:
 
 
 def test_the_llm_score_leaves_out_a_student_that_knows_nothing() -> None:
-    """At 50 TweetEval reviews a fit of both probabilities ranked the LLM's answers at AUROC 0.498 where
-    the LLM's own probability gave 0.721: a student probability that carries no signal must not enter."""
+    """A student probability that carries no signal on the referee's examples must not enter the score,
+    which then ranks as the LLM's own probability does. (At 50 TweetEval reviews a fit of both ranked the
+    LLM's answers at AUROC 0.498 where its own probability gave 0.721; there the 40 examples did favour
+    both, so this rule leaves that figure as it was.)"""
     from backend.learning.calibration import auroc
 
     rng = np.random.default_rng(3)
