@@ -43,6 +43,7 @@ class SpanCandidate:
     label: str
     score: float
     shown: bool = True  # offered to the model in the prompt (hint); False: only for the cascade's combination
+    gazetteer_f1: float | None = None  # held-out span F1 of the gazetteer that proposed it (None: unmeasured)
 
 
 @dataclass(frozen=True)

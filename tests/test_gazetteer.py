@@ -97,6 +97,19 @@ def test_scores_are_cross_validated_probabilities() -> None:
     assert ys == sorted(ys) and xs == [0.1, 0.3]
 
 
+def test_held_out_f1_is_what_the_gazetteer_finds_of_reviews_it_was_built_without() -> None:
+    known = many(reviewed("Reuters reported it .", ("Reuters", "ORG")), times=10)
+    new_names = [reviewed(f"Name{i} spoke .", (f"Name{i}", "PER")) for i in range(10)]  # each seen once
+    assert build_gazetteer(CONTROL, known).held_out_f1 == 1.0
+    assert build_gazetteer(CONTROL, new_names).held_out_f1 == 0.0  # every held-out name is new to it
+    # half the held-out spans found, every match right: precision 1, recall 0.5
+    assert build_gazetteer(CONTROL, known + new_names).held_out_f1 == round(2 * 0.5 / 1.5, 4)
+    # a surface reviewers mostly leave unlabelled is not kept, so its held-out matches cost nothing
+    noisy = known + [reviewed("May Smith resigned in May .", ("May", "PER"))]
+    noisy += [reviewed(f"Prices rose {i} percent in May .") for i in range(12)]
+    assert build_gazetteer(CONTROL, noisy).held_out_f1 == round(2 * 10 / 11 / (1 + 10 / 11), 4)
+
+
 def test_plain_words_are_the_ones_reviewers_never_labelled() -> None:
     gazetteer = build_gazetteer(CONTROL, many(
         reviewed("The minister met Kohl on Tuesday .", ("Kohl", "PER")),
@@ -137,6 +150,29 @@ def test_combination_keeps_exact_offsets_and_lets_a_reliable_gazetteer_span_win(
     # a candidate whose text is not at its offsets (a stale one) is never emitted
     stale = [SpanCandidate("label", 1, 16, "Bank of America", "ORG", 0.9)]
     assert combine_spans(text, [], stale, CascadePolicy(), CONTROL) == []
+
+
+def test_unsure_llm_spans_stay_while_the_gazetteer_finds_little_of_unseen_reviews() -> None:
+    text = "Ann Lee met Bob in Paris ."
+    regions = [llm_region(text, "Ann Lee", "PER", 0.9), llm_region(text, "Bob", "PER", 0.4)]
+
+    def kept(f1: float | None) -> list[str]:
+        candidates = [SpanCandidate("label", 19, 24, "Paris", "LOC", 0.8, gazetteer_f1=f1),
+                      SpanCandidate("label", 8, 11, "met", "", 0.0, False, gazetteer_f1=f1)]
+        out = combine_spans(text, regions, candidates, CascadePolicy(), CONTROL)
+        assert_valid(NER, {"text": text}, {"result": out, "model_version": "x"})
+        return [r["value"]["text"] for r in out]
+
+    strong = CascadePolicy().strong_from
+    assert kept(0.2) == ["Ann Lee", "Bob", "Paris"]  # a young gazetteer: the LLM's unsure span is kept
+    assert kept(strong) == kept(0.9) == ["Ann Lee", "Paris"]  # a reliable one: it costs more than it adds
+    assert kept(None) == ["Ann Lee", "Paris"]  # unmeasured: as before the measure existed
+    # the reliable gazetteer span still replaces what it overlaps, and plain words still drop LLM spans
+    plain = [llm_region(text, "met", "MISC", 0.9), llm_region(text, "Paris", "PER", 0.9)]
+    candidates = [SpanCandidate("label", 19, 24, "Paris", "LOC", 0.8, gazetteer_f1=0.1),
+                  SpanCandidate("label", 8, 11, "met", "", 0.0, False, gazetteer_f1=0.1)]
+    out = combine_spans(text, plain, candidates, CascadePolicy(), CONTROL)
+    assert [(r["value"]["text"], r["value"]["labels"][0]) for r in out] == [("Paris", "LOC")]
 
 
 def test_span_cascade_passes_other_controls_through() -> None:
@@ -301,8 +337,10 @@ def test_large_example_sets_build_in_the_background_and_tasks_use_the_previous_g
 
     assert book.candidates("p", spec, 1, rows(1, "Reuters"), {"text": "Reuters"}) == ()  # below min_examples
     small = rows(3, "Reuters")
-    assert [c.text for c in book.candidates("p", spec, 1, small, {"text": "Reuters and Bayer"}) if c.label] == [
-        "Reuters"]  # small: built on the caller's thread
+    found = book.candidates("p", spec, 1, small, {"text": "Reuters and Bayer"})
+    assert [c.text for c in found if c.label] == ["Reuters"]  # small: built on the caller's thread
+    # every candidate says how well its gazetteer did on reviews it was built without (the cascade reads it)
+    assert {c.gazetteer_f1 for c in found} == {1.0}
     large = rows(10, "Bayer")
     first = [c.text for c in book.candidates("p", spec, 2, large, {"text": "Reuters and Bayer"}) if c.label]
     assert first in (["Reuters"], ["Bayer"])  # the previous gazetteer while the next one builds (or done)

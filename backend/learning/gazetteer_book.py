@@ -134,8 +134,10 @@ class GazetteerBook:
             gazetteer = self.gazetteer(project_id, spec, control, seq, examples)
             if gazetteer is None:
                 continue
-            out += [SpanCandidate(control.name, m.start, m.end, m.text, m.label, m.score, self.show)
+            f1 = gazetteer.held_out_f1
+            out += [SpanCandidate(control.name, m.start, m.end, m.text, m.label, m.score, self.show, f1)
                     for m in gazetteer.match(text)]
             # runs of plain words: label "" (never shown in the prompt; the cascade drops LLM spans inside)
-            out += [SpanCandidate(control.name, s, e, text[s:e], "", 0.0, False) for s, e in gazetteer.plain_runs(text)]
+            out += [SpanCandidate(control.name, s, e, text[s:e], "", 0.0, False, f1)
+                    for s, e in gazetteer.plain_runs(text)]
         return tuple(out)
