@@ -10,7 +10,9 @@ at all (whole words, not inside a longer labelled span). An entry's raw reliabil
 "the") or label inconsistently scores low. The raw value is mapped to a probability that a match is a
 right span (label included) by isotonic regression on cross-validated pairs: every match the gazetteer built
 without a fold of the examples makes in that fold's texts, and whether the reviewer labelled exactly
-that span with that label. Entries whose probability is below `min_precision` are not kept.
+that span with that label. Entries whose probability is below `min_precision` are not kept. The same
+held-out matches give the gazetteer's own span F1 on reviews it was built without (`held_out_f1`), which
+the span cascade reads to decide whether the LLM's unsure spans still add more than they cost.
 
 It also keeps the plain words: words reviewers left outside every span, at least `min_plain` times;
 a span made only of them is, by the reviews, not an entity ("the government", "Tuesday").
