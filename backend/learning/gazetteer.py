@@ -32,6 +32,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from converters.scoring import prf
 from converters.spec import ControlSpec
 
 # a word: letters/digits/underscore plus the common combining-mark blocks (so "Café" in NFD is one word)
@@ -276,11 +277,8 @@ def held_out_f1(pairs: Sequence[tuple[float, float]], scores: Sequence[float], s
     not see, the figure the span cascade reads to decide whether unsure LLM spans still add more than
     they cost."""
     kept = [right for (_, right), score in zip(pairs, scores) if score >= min_precision and score > 0]
-    found = sum(kept)
-    if not found or not spans:
-        return 0.0
-    precision, recall = found / len(kept), found / spans
-    return round(2 * precision * recall / (precision + recall), 4)
+    found = int(sum(kept))
+    return round(prf(found, len(kept) - found, spans - found)["f1"], 4)
 
 
 def _held_out_pairs(
