@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import config
+from conftest import config, wait_for
 from labelstudio_harness import TOKEN, Backend, LabelStudio, cleanup, start_backend, stop
 from scripted_provider import Reply, ScriptedProvider, last_user_text
-from test_e2e_labelstudio import connect, create_project, import_tasks, retrieve_predictions, tasks_of, wait_for
+from test_e2e_labelstudio import connect, create_project, import_tasks, retrieve_predictions, tasks_of
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import config, json_answer
+from conftest import config, json_answer, wait_for
 from label_studio_sdk.label_interface import LabelInterface
 from scripted_provider import last_user_text
 from test_e2e_labelstudio import (
@@ -26,7 +26,6 @@ from test_e2e_labelstudio import (
     import_tasks,
     retrieve_predictions,
     tasks_of,
-    wait_for,
 )
 
 from converters.examples import result_to_answer

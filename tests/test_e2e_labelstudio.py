@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import config
+from conftest import config, wait_for
 from label_studio_sdk.label_interface import LabelInterface
 from labelstudio_harness import Backend, LabelStudio, cleanup, start_backend, stop
 
@@ -55,17 +55,6 @@ def retrieve_predictions(ls: LabelStudio, project: int) -> httpx.Response:
         params={"id": "retrieve_tasks_predictions", "project": project},
         json={"selectedItems": {"all": True, "excluded": []}},
     )
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return value
 
 
 def backend_examples(backend: Backend, project: int, status: str = "live") -> dict[int, dict]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import config
+from conftest import config, wait_for
 from e2e_answers import TEXTS
-from test_e2e_labelstudio import connect, create_project, import_tasks, retrieve_predictions, tasks_of, wait_for
+from test_e2e_labelstudio import connect, create_project, import_tasks, retrieve_predictions, tasks_of
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

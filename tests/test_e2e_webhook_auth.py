@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import config
-from test_e2e_labelstudio import backend_examples, connect, create_project, import_tasks, wait_for
+from conftest import config, wait_for
+from test_e2e_labelstudio import backend_examples, connect, create_project, import_tasks
 from webhook_payloads import annotation_event, choice
 
 from backend.labelstudio.webhooks import HEADER

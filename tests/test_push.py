@@ -5,14 +5,17 @@ ends either pushed or released (so the next retrieve asks for it again), whateve
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from conftest import wait_for
+from sqlalchemy import func, select
 
 from backend.labelstudio.push import PushDelivery
 from backend.metrics import Metrics
 from backend.predict.predictor import ProjectPlan, TaskResult
-from backend.store.db import make_engine, migrate
+from backend.store.db import make_engine, migrate, push_jobs
 
 VERSION = "v-push"
 PROJECT = "7"
@@ -44,9 +47,11 @@ class ScriptedPredictor:
     """predict_stream answers a prediction per task, [] for the ids in `fail`, and raises
     RuntimeError instead of the task at position `crash_at` (None: never)."""
 
-    def __init__(self, fail: frozenset[int] = frozenset(), crash_at: int | None = None) -> None:
+    def __init__(self, fail: frozenset[int] = frozenset(), crash_at: int | None = None,
+                 on_task: Callable[[int], None] | None = None) -> None:
         self.fail = fail
         self.crash_at = crash_at
+        self.on_task = on_task  # called with each task's position before it is answered
 
     def predict_stream(
         self, plan: ProjectPlan, tasks: Sequence[Mapping[str, Any]], model_version: str, project_id: str | None = None
@@ -54,6 +59,8 @@ class ScriptedPredictor:
         for n, task in enumerate(tasks):
             if n == self.crash_at:
                 raise RuntimeError("scripted bug in the predictor")
+            if self.on_task is not None:
+                self.on_task(n)
             if task["id"] in self.fail:
                 yield task, TaskResult([], error="scripted", reason="llm_server")
                 continue
@@ -144,6 +151,43 @@ def test_a_claim_is_taken_over_only_when_stale(tmp_path) -> None:
     assert push.claim(PROJECT, "another-version", [1]) == {1}  # claims are per model_version
     push.stale_seconds = -1.0  # every queued claim is now older than the limit (its process died)
     assert push.claim(PROJECT, VERSION, [1, 2]) == {1, 2}
+
+
+def test_a_slow_run_keeps_its_claims_from_a_second_retrieve(tmp_path) -> None:
+    """Bug: a run touched nothing while it predicted, so a claim queued for longer than stale_seconds
+    was taken for a dead process's while its run was alive and only slow. A 1,000-task run on the
+    embedded model (about 3 s a task) still holds its last claims after the 15 minutes; a second
+    "Retrieve predictions" then predicted and pushed them again: two predictions of one version."""
+    clock = Clock()
+    sender = FakeSender()
+    again: list[set[int]] = []
+
+    def slow(position: int) -> None:
+        if position == 2:
+            clock.now += 901  # the run has spent longer than stale_seconds on its first tasks
+            wait_for(lambda: oldest_queued_claim(push) >= clock.now, 5, 0.01)  # a heartbeat, if there is one
+            again.append(push.claim(PROJECT, VERSION, [t["id"] for t in tasks(10)]))  # Label Studio asks again
+
+    push = delivery(tmp_path, ScriptedPredictor(on_task=slow), sender, stale_seconds=900.0, clock=clock)
+    push.beat_seconds = 0.01
+    claim_and_run(push, 10)
+    assert again == [set()]  # every task is still this run's
+    assert sorted(sender.delivered) == list(range(10))  # each pushed once
+    assert push.status(PROJECT, VERSION) == {"pushed": 10}
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def oldest_queued_claim(push: PushDelivery) -> float:
+    with push.engine.connect() as conn:
+        oldest = conn.execute(select(func.min(push_jobs.c.updated_at)).where(push_jobs.c.status == "queued"))
+        return float(oldest.scalar_one() or 0.0)
 
 
 def test_submit_after_close_releases_the_claims(tmp_path) -> None:

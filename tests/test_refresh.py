@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from conftest import wait_for
 from sqlalchemy import update
 
 from backend.labelstudio.push import PushDelivery
@@ -302,6 +303,29 @@ def test_a_refresh_of_a_dead_process_is_resumed_without_a_second_prediction(tmp_
     resumed = world.jobs.get(job.id)
     assert resumed is not None and resumed.status == "done" and resumed.done == 8
     assert all(versions.count("v-e1") == 1 for versions in world.ls.versions_per_task().values())
+
+
+def test_a_student_training_past_the_stale_limit_keeps_its_refresh(tmp_path) -> None:
+    """Bug (session 11's active-learning run): the refresh waited for its new student without a
+    heartbeat; the wait passed JOB_STALE_SECONDS, a second worker took the job over as if its process
+    had died, both ran it, and the job counted 200 done and 200 skipped of 200."""
+    world = World(tmp_path, {1: 0.1, 2: 0.2, 3: 0.3})
+    world.jobs.beat_seconds = 0.01
+    other = world.make_refresher(RefreshLimits(debounce_seconds=0, min_interval_seconds=0, batch_size=4))
+    taken: list[int] = []
+
+    def training(project_id: str, plan: Any) -> None:
+        world.clock.now += 61  # the student trains for longer than the stale limit (60 s here)
+        [job] = world.jobs.list(PROJECT)
+        wait_for(lambda: world.jobs.get(job.id).updated_at >= world.clock.now, 5, 0.01)  # type: ignore[union-attr]
+        taken.extend(other.poll_once())  # another worker polls meanwhile
+
+    world.refresher.prepare = training
+    [job_id] = world.refresher.poll_once()
+    assert taken == []  # not taken for a dead process's job
+    job = world.jobs.get(job_id)
+    assert job is not None and (job.status, job.total, job.done, job.skipped) == ("done", 3, 3, 0)
+    assert world.predictor.order == [1, 2, 3]  # each task predicted once
 
 
 def test_a_refresh_first_brings_the_students_up_to_its_example_set(tmp_path) -> None:

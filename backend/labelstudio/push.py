@@ -9,8 +9,9 @@ batch with the current model_version.
 A claim is a row in `push_jobs` keyed by (project, task, model_version), shared by all workers and
 replicas, so a task Label Studio asks for again while in flight is not predicted twice. A task whose
 prediction or push failed loses its claim, so the next "Retrieve predictions" asks for it again; so
-do the tasks a run never reached because it stopped on an unexpected error. (Only a dead process
-leaves claims queued; they are taken over after `stale_seconds`.)
+do the tasks a run never reached because it stopped on an unexpected error. A live run keeps its
+claims fresh from a heartbeat thread, so only a dead process's claims go stale and are taken over
+after `stale_seconds`.
 
 Every run is a job in the store (backend.store.jobs_store) with per-task counts, listed by
 GET /projects/<id>/jobs and `lsllm jobs`; a cancelled job stops after the batch in flight and
@@ -38,6 +39,7 @@ from backend.labelstudio.batch_push import BatchPusher, prediction_item
 from backend.metrics import Metrics
 from backend.predict.predictor import ProjectPlan, TaskResult
 from backend.store.db import insert_ignore, push_jobs, write
+from backend.store.heartbeat import beating
 from backend.store.jobs_store import JobsStore, process_owner
 
 log = logging.getLogger(__name__)
@@ -77,12 +79,15 @@ class PushDelivery:
         retries: int = 3,
         max_push: int = 1000,
         jobs: JobsStore | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.predictor = predictor
         self.metrics = metrics
         self.batch_size = batch_size
         self.stale_seconds = stale_seconds
+        self.beat_seconds = min(30.0, stale_seconds / 5)  # how often a run's claims are touched
+        self.clock = clock
         self.sender = sender
         self.retries = retries
         self.max_push = max_push
@@ -99,7 +104,7 @@ class PushDelivery:
     def claim(self, project_id: str, version: str, task_ids: Sequence[int]) -> set[int]:
         """Task ids this call now owns; ids queued or pushed for this version elsewhere are skipped,
         except a claim left queued for longer than `stale_seconds` (its process died)."""
-        now = time.time()
+        now = self.clock()
         claimed: set[int] = set()
         with write(self.engine) as conn:
             for task_id in task_ids:
@@ -130,6 +135,19 @@ class PushDelivery:
                                              push_jobs.c.task_id.in_(list(task_ids))))
             )
 
+    def touch(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
+        """Keep the claims still queued among `task_ids` fresh: their run is alive, only slow (a
+        1,000-task run on a small model holds its last claims for most of an hour)."""
+        if not task_ids:
+            return
+        with write(self.engine) as conn:
+            conn.execute(
+                update(push_jobs)
+                .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
+                            push_jobs.c.status == "queued", push_jobs.c.task_id.in_(list(task_ids))))
+                .values(updated_at=self.clock())
+            )
+
     def release(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """Drop claims (public: the refresh shares these claims)."""
         self._release(project_id, version, task_ids)
@@ -144,7 +162,7 @@ class PushDelivery:
                 update(push_jobs)
                 .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
                             push_jobs.c.status == "queued", push_jobs.c.task_id.in_(list(task_ids))))
-                .values(status=status, updated_at=time.time())
+                .values(status=status, updated_at=self.clock())
             )
 
     def release_tagged(self, project_id: str, version: str, status: str) -> int:
@@ -165,7 +183,7 @@ class PushDelivery:
                 update(push_jobs)
                 .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
                             push_jobs.c.task_id.in_(list(task_ids))))
-                .values(status="pushed", updated_at=time.time())
+                .values(status="pushed", updated_at=self.clock())
             )
 
     def status(self, project_id: str, version: str) -> dict[str, int]:
@@ -220,18 +238,6 @@ class PushDelivery:
         except SQLAlchemyError:
             log.error("push: store unavailable while ending job %s", job_id)
 
-    def _beat(self, job_id: int | None, last: float) -> float:
-        """The job's heartbeat, at most once a second (a job without one for JOB_STALE_SECONDS is
-        taken for the job of a dead process); returns the time of the last beat."""
-        now = time.monotonic()
-        if self.jobs is None or job_id is None or now - last < 1.0:
-            return last
-        try:
-            self.jobs.beat(job_id)
-        except SQLAlchemyError:
-            pass
-        return now
-
     def _cancelled(self, job_id: int | None) -> bool:
         if self.jobs is None or job_id is None:
             return False
@@ -243,6 +249,23 @@ class PushDelivery:
     def run(
         self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str,
         job_id: int | None = None,
+    ) -> None:
+        """_deliver, with a heartbeat throughout for the job and for the claims not pushed yet: they are
+        taken for a dead process's only when this process is gone, never because the run is slow."""
+        task_ids = [int(t["id"]) for t in tasks]
+
+        def beat() -> None:
+            if self.jobs is not None and job_id is not None:
+                self.jobs.beat(job_id)
+            self.touch(project_id, version, task_ids)
+
+        every = min(self.beat_seconds, self.jobs.beat_seconds) if self.jobs is not None else self.beat_seconds
+        with beating(beat, every, f"push {project_id}"):
+            self._deliver(plan, project_id, version, tasks, url, token, job_id)
+
+    def _deliver(
+        self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str,
+        job_id: int | None,
     ) -> None:
         """Predict batch after batch; the pusher sends whatever is ready in one call, so while a push is
         in flight the next results gather. Every claimed task ends pushed or released: a failed
@@ -259,7 +282,6 @@ class PushDelivery:
         items: list[dict[str, Any]] = []
         settled: set[int] = set()  # released here, or handed to the pusher (which marks or releases)
         status, detail = "done", None
-        beat = time.monotonic()
         if self.jobs is not None and job_id is not None:
             try:
                 self.jobs.set_status(job_id, "running")
@@ -274,7 +296,6 @@ class PushDelivery:
                     break
                 self._count(job_id, running=len(chunk))
                 for task, result in self.predictor.predict_stream(plan, chunk, version, project_id):
-                    beat = self._beat(job_id, beat)
                     task_id = int(task["id"])
                     if not result.item:
                         self._release(project_id, version, [task_id])  # asked again next retrieve

@@ -6,8 +6,9 @@ Predictions would otherwise stay frozen at the first "Retrieve predictions". A r
 - starts when a project's model_version has stayed the same for `debounce_seconds` (a burst of reviews
   moves the version several times: one refresh, for the last) and at least `min_interval_seconds` after
   the project's previous refresh; a version that moves during a refresh supersedes it;
-- is claimed in the store (`jobs.claim_key` = project + version): one worker or replica runs it; a
-  process that dies leaves its heartbeat to go stale, and the next poller takes the job over and resumes
+- is claimed in the store (`jobs.claim_key` = project + version): one worker or replica runs it, its
+  heartbeat beating from start to end (the wait for the student included); a process that dies leaves
+  its heartbeat to go stale, and the next poller takes the job over and resumes
   (tasks already holding a prediction of the version are not predicted again);
 - lists the project's tasks in Label Studio, keeps those without annotations and without a prediction
   of the new version, least confident first (the score of their latest prediction; none: first), at
@@ -280,7 +281,8 @@ class Refresher:
     def run(self, job_id: int, project_id: str, version: str, plan: ProjectPlan, url: str, token: str) -> str:
         """Refresh the project's un-annotated tasks; returns the job's final status."""
         try:
-            status, detail = self._run(job_id, project_id, version, plan, url, token)
+            with self.jobs.heartbeat(job_id):  # alive through the student's training too: not taken over
+                status, detail = self._run(job_id, project_id, version, plan, url, token)
         except (ApiError, httpx.HTTPError, SQLAlchemyError, ValueError) as exc:
             status, detail = "failed", f"{type(exc).__name__}"
             log.warning("project %s: refresh job %d failed (%s)", project_id, job_id, detail)
@@ -348,12 +350,8 @@ class Refresher:
             return
         self.jobs.add(job_id, running=len(mine))
         items, failed, cost, calls = [], [], 0.0, 0
-        beat = time.monotonic()
         try:
             for task, result in self.predictor.predict_stream(plan, mine, version, project_id):
-                if time.monotonic() - beat >= 1.0:  # alive: not taken for a dead process's job
-                    self.jobs.beat(job_id)
-                    beat = time.monotonic()
                 if not result.cached and not result.student and result.reason != "bad_task":
                     calls += 1
                     cost += self.prices.cost(plan.model, result.prompt_tokens, result.completion_tokens) or 0.0

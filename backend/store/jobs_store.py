@@ -2,10 +2,12 @@
 
 A job is one row of `jobs`; all workers and replicas (and the CLI) read the same rows, so
 `GET /projects/<id>/jobs`, `/metrics` and `lsllm jobs` agree. The process running a job writes its
-counts and a heartbeat (`updated_at`) as tasks settle; a job whose heartbeat is older than the stale
-limit belongs to a dead process: `take_over` lets another process resume it (refresh), `reap` marks it
-interrupted (a pushed retrieve, whose tasks Label Studio asks for again). A refresh is claimed by its
-`claim_key` (unique), so only one process runs a project's refresh of one model_version.
+counts as tasks settle, and a heartbeat (`updated_at`, from a thread: `heartbeat`) for as long as it
+runs, through waits that settle nothing (a student still training, a queue ahead of it); a job whose
+heartbeat is older than the stale limit belongs to a dead process: `take_over` lets another process
+resume it (refresh), `reap` marks it interrupted (a pushed retrieve, whose tasks Label Studio asks for
+again). A refresh is claimed by its `claim_key` (unique), so only one process runs a project's refresh
+of one model_version.
 
 Counts: `queued` is derived (total minus the others); `running` is what is in flight now.
 """
@@ -17,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Engine
 
 from backend.store.db import insert_ignore, jobs, review_tabs, write
+from backend.store.heartbeat import beating
 
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "superseded", "budget")
@@ -73,6 +77,7 @@ class JobsStore:
         self.engine = engine
         self.clock = clock
         self.stale_seconds = stale_seconds
+        self.beat_seconds = min(30.0, stale_seconds / 5)  # how often `heartbeat` beats: well inside the limit
 
     # --- writing --------------------------------------------------------------------------------
     def create(
@@ -135,6 +140,10 @@ class JobsStore:
     def beat(self, job_id: int) -> None:
         with write(self.engine) as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=self.clock()))
+
+    def heartbeat(self, job_id: int) -> AbstractContextManager[None]:
+        """Beat `job_id` every `beat_seconds` from a thread while the block runs (backend.store.heartbeat)."""
+        return beating(lambda: self.beat(job_id), self.beat_seconds, f"job {job_id}")
 
     def finish(self, job_id: int, status: str, detail: str | None = None) -> None:
         """End a job (nothing in flight any more); a cancelled job stays cancelled."""
