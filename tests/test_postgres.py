@@ -73,3 +73,32 @@ def test_response_cache_shared_by_two_replicas(pg_url) -> None:
     assert second.get("b" * 64) is None
     one.dispose()
     two.dispose()
+
+
+def test_the_claims_of_a_whole_project_run_on_postgres(pg_url) -> None:
+    """Label Studio sends a whole project's "Retrieve predictions" as one request, so one run can hold
+    70,000 claims; PostgreSQL takes at most 65,535 parameters in one statement, and one IN list of them
+    could neither keep them fresh, mark, tag nor release them."""
+    from sqlalchemy import func, select
+
+    from backend.labelstudio.push import PushDelivery
+    from backend.metrics import Metrics
+    from backend.store.db import push_jobs
+
+    engine = make_engine(pg_url)
+    migrate(engine)
+    ids = list(range(1, 70_001))
+    with engine.begin() as conn:
+        conn.execute(push_jobs.insert(), [{"project_id": "7", "task_id": i, "model_version": "v", "status": "queued",
+                                           "updated_at": 0.0} for i in ids])
+    push = PushDelivery(engine, predictor=None, metrics=Metrics(), clock=lambda: 5.0)  # type: ignore[arg-type]
+    push.touch("7", "v", ids)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.min(push_jobs.c.updated_at))).scalar_one() == 5.0
+    push.mark_pushed("7", "v", ids[:66_000])
+    assert push.status("7", "v") == {"pushed": 66_000, "queued": 4_000}
+    push.tag("7", "v", ids, "refresh:1")  # only the queued ones
+    assert push.status("7", "v") == {"pushed": 66_000, "refresh:1": 4_000}
+    push.release("7", "v", ids)
+    assert push.status("7", "v") == {}
+    push.close()

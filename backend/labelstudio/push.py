@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.expression import ColumnElement, Executable
 
 from backend.labelstudio.api import client_for, import_predictions
 from backend.labelstudio.batch_push import BatchPusher, prediction_item
@@ -63,6 +64,9 @@ class StreamPredictor(Protocol):
 def sdk_sender(url: str, token: str, project_id: str, items: list[dict[str, Any]]) -> None:
     """Push predictions with label-studio-sdk's import_predictions."""
     import_predictions(client_for(url, token), int(project_id), items)
+
+
+IN_CHUNK = 1000  # task ids per statement (PostgreSQL takes at most 65,535 parameters in one)
 
 
 class PushDelivery:
@@ -124,29 +128,30 @@ class PushDelivery:
                     claimed.add(task_id)
         return claimed
 
+    def _each_chunk(self, project_id: str, version: str, task_ids: Sequence[int],
+                    statement: Callable[[ColumnElement[bool]], Executable]) -> None:
+        """Run `statement(where)` over the version's claims of `task_ids`, IN_CHUNK ids per statement, in
+        one transaction: Label Studio sends a whole project's "Retrieve predictions" as one request, and
+        PostgreSQL takes at most 65,535 parameters in one statement."""
+        ids = sorted({int(t) for t in task_ids})
+        with write(self.engine) as conn:
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start:start + IN_CHUNK]
+                conn.execute(statement(and_(
+                    push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
+                    push_jobs.c.task_id.between(chunk[0], chunk[-1]),  # an index range even without table stats
+                    push_jobs.c.task_id.in_(chunk),
+                )))
+
     def _release(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """Drop the claims, so the next "Retrieve predictions" asks for these tasks again."""
-        if not task_ids:
-            return
-        with write(self.engine) as conn:
-            conn.execute(
-                delete(push_jobs).where(and_(push_jobs.c.project_id == project_id,
-                                             push_jobs.c.model_version == version,
-                                             push_jobs.c.task_id.in_(list(task_ids))))
-            )
+        self._each_chunk(project_id, version, task_ids, lambda where: delete(push_jobs).where(where))
 
     def touch(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """Keep the claims still queued among `task_ids` fresh: their run is alive, only slow (a
         1,000-task run on a small model holds its last claims for most of an hour)."""
-        if not task_ids:
-            return
-        with write(self.engine) as conn:
-            conn.execute(
-                update(push_jobs)
-                .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
-                            push_jobs.c.status == "queued", push_jobs.c.task_id.in_(list(task_ids))))
-                .values(updated_at=self.clock())
-            )
+        self._each_chunk(project_id, version, task_ids, lambda where: update(push_jobs).where(
+            and_(where, push_jobs.c.status == "queued")).values(updated_at=self.clock()))
 
     def release(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
         """Drop claims (public: the refresh shares these claims)."""
@@ -155,15 +160,8 @@ class PushDelivery:
     def tag(self, project_id: str, version: str, task_ids: Sequence[int], status: str) -> None:
         """Give queued claims another status (a refresh tags its own, so that whoever takes the refresh
         over from a dead process can release exactly them: `release_tagged`)."""
-        if not task_ids:
-            return
-        with write(self.engine) as conn:
-            conn.execute(
-                update(push_jobs)
-                .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
-                            push_jobs.c.status == "queued", push_jobs.c.task_id.in_(list(task_ids))))
-                .values(status=status, updated_at=self.clock())
-            )
+        self._each_chunk(project_id, version, task_ids, lambda where: update(push_jobs).where(
+            and_(where, push_jobs.c.status == "queued")).values(status=status, updated_at=self.clock()))
 
     def release_tagged(self, project_id: str, version: str, status: str) -> int:
         """Drop every claim of the version with this status; returns how many."""
@@ -178,13 +176,8 @@ class PushDelivery:
         self._mark_pushed(project_id, version, task_ids)
 
     def _mark_pushed(self, project_id: str, version: str, task_ids: Sequence[int]) -> None:
-        with write(self.engine) as conn:
-            conn.execute(
-                update(push_jobs)
-                .where(and_(push_jobs.c.project_id == project_id, push_jobs.c.model_version == version,
-                            push_jobs.c.task_id.in_(list(task_ids))))
-                .values(status="pushed", updated_at=self.clock())
-            )
+        self._each_chunk(project_id, version, task_ids, lambda where: update(push_jobs).where(where).values(
+            status="pushed", updated_at=self.clock()))
 
     def status(self, project_id: str, version: str) -> dict[str, int]:
         with self.engine.connect() as conn:
