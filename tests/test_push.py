@@ -176,6 +176,29 @@ def test_a_slow_run_keeps_its_claims_from_a_second_retrieve(tmp_path) -> None:
     assert push.status(PROJECT, VERSION) == {"pushed": 10}
 
 
+def test_a_run_queued_behind_a_slow_one_keeps_its_claims(tmp_path) -> None:
+    """Runs go one at a time; a run's claims must stay fresh while it waits for the one ahead, or a
+    second "Retrieve predictions" of its tasks takes them over and both runs push them."""
+    clock = Clock()
+    sender = FakeSender()
+    hold = threading.Event()
+    push = delivery(tmp_path, ScriptedPredictor(on_task=lambda position: hold.wait(10)), sender,
+                    stale_seconds=900.0, clock=clock)
+    push.beat_seconds = 0.01
+    first, second = tasks(2), [{"id": i, "data": {"text": f"review {i}"}} for i in (10, 11)]
+    assert push.claim(PROJECT, VERSION, [0, 1, 10, 11]) == {0, 1, 10, 11}
+    push.submit(PLAN, PROJECT, VERSION, first, "http://ls.example", "token-123")  # holds the one thread
+    push.submit(PLAN, PROJECT, VERSION, second, "http://ls.example", "token-123")  # waits behind it
+    clock.now += 901
+    wait_for(lambda: oldest_queued_claim(push) >= clock.now, 5, 0.01)
+    again = push.claim(PROJECT, VERSION, [10, 11])
+    hold.set()
+    assert wait_for(lambda: push.status(PROJECT, VERSION) == {"pushed": 4}, 10, 0.01)
+    push.close()
+    assert again == set()
+    assert sorted(sender.delivered) == [0, 1, 10, 11]
+
+
 class Clock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now

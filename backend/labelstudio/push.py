@@ -40,7 +40,7 @@ from backend.labelstudio.batch_push import BatchPusher, prediction_item
 from backend.metrics import Metrics
 from backend.predict.predictor import ProjectPlan, TaskResult
 from backend.store.db import insert_ignore, push_jobs, write
-from backend.store.heartbeat import beating
+from backend.store.heartbeat import Heartbeat
 from backend.store.jobs_store import JobsStore, process_owner
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,11 @@ class PushDelivery:
         """Predict and push the claimed `tasks` in the background (run() on this delivery's thread), as a
         job in the store."""
         job_id = self._job(project_id, version, len(tasks))
+        heartbeat = self._heartbeat(project_id, version, tasks, job_id).start()  # queued behind another run too
         try:
-            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token, job_id)
+            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token, job_id, heartbeat)
         except RuntimeError:  # closed (shutting down): nothing will predict them
+            heartbeat.stop()
             log.warning("push: shutting down; %d tasks released for the next retrieve", len(tasks))
             self._release_quietly(project_id, version, [int(t["id"]) for t in tasks])
             self._count(job_id, skipped=len(tasks))
@@ -239,12 +241,10 @@ class PushDelivery:
         except SQLAlchemyError:
             return False
 
-    def run(
-        self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str,
-        job_id: int | None = None,
-    ) -> None:
-        """_deliver, with a heartbeat throughout for the job and for the claims not pushed yet: they are
-        taken for a dead process's only when this process is gone, never because the run is slow."""
+    def _heartbeat(self, project_id: str, version: str, tasks: Sequence[Mapping[str, Any]],
+                   job_id: int | None) -> Heartbeat:
+        """A heartbeat (not started) for a run's job and its claims not pushed yet: they are taken for a
+        dead process's only when this process is gone, never because the run is slow or queued."""
         task_ids = [int(t["id"]) for t in tasks]
 
         def beat() -> None:
@@ -253,7 +253,14 @@ class PushDelivery:
             self.touch(project_id, version, task_ids)
 
         every = min(self.beat_seconds, self.jobs.beat_seconds) if self.jobs is not None else self.beat_seconds
-        with beating(beat, every, f"push {project_id}"):
+        return Heartbeat(beat, every, f"push {project_id}")
+
+    def run(
+        self, plan: ProjectPlan, project_id: str, version: str, tasks: list[Mapping[str, Any]], url: str, token: str,
+        job_id: int | None = None, heartbeat: Heartbeat | None = None,
+    ) -> None:
+        """_deliver, beating throughout: `heartbeat` (submit's, started when the run was queued) or a new one."""
+        with heartbeat or self._heartbeat(project_id, version, tasks, job_id):
             self._deliver(plan, project_id, version, tasks, url, token, job_id)
 
     def _deliver(

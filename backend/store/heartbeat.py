@@ -1,43 +1,58 @@
-"""A heartbeat from a thread: while a block of work runs, call `beat` every few seconds.
+"""A heartbeat from a thread: while work is queued or running, call `beat` every few seconds.
 
 Jobs and push claims in the store are taken for a dead process's when their `updated_at` is older than
 a stale limit. Beating from the work's own loop leaves them silent through any wait that settles
-nothing (a student training, a queue ahead of them, one slow answer), and a second worker then runs the
-same work. A thread beats for as long as the process lives and the block has not ended.
+nothing (a student training, a run queued behind another, one slow answer), and a second worker then
+runs the same work. A thread beats for as long as the process lives and the work has not ended.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def beating(beat: Callable[[], None], every: float, name: str) -> Iterator[None]:
-    """Run the block while a daemon thread calls `beat` every `every` seconds; a store outage is
-    logged once and the next beat tried (the work goes on meanwhile)."""
-    done = threading.Event()
+class Heartbeat:
+    """Calls `beat` every `every` seconds from a daemon thread between start() and stop() (or around a
+    `with` block); a store outage is logged once and the next beat tried, the work going on meanwhile."""
 
-    def loop() -> None:
+    def __init__(self, beat: Callable[[], None], every: float, name: str) -> None:
+        self._beat = beat
+        self._every = every
+        self._name = name
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"{name} heartbeat")
+
+    def start(self) -> Heartbeat:
+        """Idempotent (a run entering the heartbeat its submit started)."""
+        if self._thread.ident is None:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Idempotent; returns once no beat is in flight."""
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
         told = False
-        while not done.wait(every):
+        while not self._done.wait(self._every):
             try:
-                beat()
+                self._beat()
             except SQLAlchemyError:
                 if not told:
-                    log.error("%s: store unavailable for the heartbeat", name)
+                    log.error("%s: store unavailable for the heartbeat", self._name)
                     told = True
 
-    thread = threading.Thread(target=loop, daemon=True, name=f"{name} heartbeat")
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

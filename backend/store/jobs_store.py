@@ -19,7 +19,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Engine
 
 from backend.store.db import insert_ignore, jobs, review_tabs, write
-from backend.store.heartbeat import beating
+from backend.store.heartbeat import Heartbeat
 
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "superseded", "budget")
@@ -141,9 +140,9 @@ class JobsStore:
         with write(self.engine) as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=self.clock()))
 
-    def heartbeat(self, job_id: int) -> AbstractContextManager[None]:
-        """Beat `job_id` every `beat_seconds` from a thread while the block runs (backend.store.heartbeat)."""
-        return beating(lambda: self.beat(job_id), self.beat_seconds, f"job {job_id}")
+    def heartbeat(self, job_id: int) -> Heartbeat:
+        """A heartbeat (not started) that beats `job_id` every `beat_seconds`: `with jobs.heartbeat(id):`."""
+        return Heartbeat(lambda: self.beat(job_id), self.beat_seconds, f"job {job_id}")
 
     def finish(self, job_id: int, status: str, detail: str | None = None) -> None:
         """End a job (nothing in flight any more); a cancelled job stays cancelled."""
