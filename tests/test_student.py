@@ -23,6 +23,7 @@ from backend.learning.calibration import Curve, expected_calibration_error, fit_
 from backend.learning.student import from_record, to_record, train_student
 from backend.service.app import build_model, create_app
 from backend.store.db import students as students_table
+from backend.store.student_store import StudentStore
 from converters.shortlist import Lead
 from converters.task_spec import build_task_spec
 
@@ -369,6 +370,38 @@ def test_predict_never_waits_for_a_training(make_app: Any, provider: Any, monkey
         release.set()
     assert students.trainer.wait_idle(120)
     assert calls == [60]  # one training, claimed once, not one per prediction
+
+
+def test_a_training_longer_than_the_stale_limit_keeps_its_claim(make_app: Any, provider: Any,
+                                                                   monkeypatch: Any) -> None:
+    """Bug: a training claim was never refreshed, so a training longer than the stale limit (600 s;
+    the referee's LLM calls take minutes on the embedded model) let another process take the claim and
+    train the same version again, and the first one's result was dropped (finish matches the owner)."""
+    provider.responder = lambda body: json_answer({"sentiment": "neutral"})
+    real = students_module.train_student
+    taken: list[bool] = []
+
+    def slow_train(vectors: Any, labels: Any, *args: Any, **kwargs: Any) -> Any:
+        with engine.connect() as conn:
+            row = conn.execute(select(students_table).where(students_table.c.status == "training")).mappings().one()
+        time.sleep(1.5)  # longer than the stale limit (1 s here)
+        other = StudentStore(engine, stale_seconds=1.0)  # another worker, wanting the same version
+        taken.append(other.claim(row["project_id"], row["control"], row["version"]))
+        return real(vectors, labels, *args, **kwargs)
+
+    monkeypatch.setattr(students_module, "train_student", slow_train)
+    app = make_app(examples_version_policy="every", student_debounce_seconds=0.0, student_min_examples=20)
+    client = app.test_client()
+    students = model_of(app).predictor.pipeline.student
+    students.store.stale_seconds = 1.0  # this process beats every 0.2 s
+    engine = model_of(app).examples.engine
+    feed(client, SENT, WORDS, 20)
+    model_of(app).worker.drain()
+    predict(client, "some text", SENT, 930)  # asks for the student
+    assert students.trainer.wait_idle(120)
+    assert taken and not any(taken)  # never taken over while this process trained
+    with engine.connect() as conn:
+        assert conn.execute(select(students_table.c.status)).scalars().all() == ["ready"]
 
 
 def test_students_leave_multi_control_and_multiple_choice_configs_to_the_llm() -> None:

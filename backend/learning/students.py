@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.learning.referee import Judge, Verdict, judge_llm, llm_score, still_valid
 from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
+from backend.store.heartbeat import Heartbeat
 from backend.store.student_store import StudentStore
 from converters.controls import single_choice_controls
 from converters.controls.base import region_id
@@ -231,6 +232,12 @@ class Trainer:
         if not claimed:
             return {}
         out: dict[str, StudentModel | None] = {}
+
+        def beat() -> None:  # every claim fresh until finished: the referee may ask the LLM for minutes
+            for control in claimed:
+                self.store.beat(project_id, control.name, version)
+
+        heartbeat = Heartbeat(beat, self.store.stale_seconds / 5, f"students {project_id} v{version}").start()
         try:
             with self.examples.engine.connect() as conn:
                 rows = self.examples.all_rows(conn, project_id, ["live"])
@@ -261,6 +268,8 @@ class Trainer:
                     except SQLAlchemyError:
                         pass
             raise
+        finally:
+            heartbeat.stop()
         return out
 
     def _verdict(self, project_id: str, control: ControlSpec, model: StudentModel, datas: Sequence[Mapping[str, Any]],

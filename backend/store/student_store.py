@@ -2,9 +2,10 @@
 gunicorn worker and every replica uses the same one and only one process trains each version.
 
 A training starts with a claim: inserting the (project, control, version) row in status `training`.
-The process whose insert lands trains; the others see the row and wait for `ready`. A claim older than
-`stale_seconds` (a killed trainer) can be taken over by one process (a conditional update). Weights are
-float32 little-endian bytes and everything else JSON: no pickle, readable by any process or machine.
+The process whose insert lands trains, beating the claim (`beat`) until it is done; the others see the
+row and wait for `ready`. A claim silent for `stale_seconds` (a killed trainer) can be taken over by one
+process (a conditional update). Weights are float32 little-endian bytes and everything else JSON: no
+pickle, readable by any process or machine.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ class StudentStore:
                 .values(owner=self.owner, claimed_at=now)
             ).rowcount
             return bool(taken)
+
+    def beat(self, project_id: str, control: str, version: int) -> None:
+        """Keep this process's claim fresh while it trains (the referee asks the LLM for minutes on a
+        small model): only a killed trainer's claim goes stale."""
+        t = students.c
+        with write(self.engine) as conn:
+            conn.execute(students.update()
+                         .where(and_(t.project_id == project_id, t.control == control, t.version == version,
+                                     t.owner == self.owner, t.status == "training"))
+                         .values(claimed_at=time.time()))
 
     def finish(self, project_id: str, control: str, version: int, model: StudentRecord | None,
                status: str | None = None) -> None:
