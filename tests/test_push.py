@@ -199,6 +199,24 @@ def test_a_run_queued_behind_a_slow_one_keeps_its_claims(tmp_path) -> None:
     assert sorted(sender.delivered) == [0, 1, 10, 11]
 
 
+def test_a_queued_run_cancelled_by_close_stops_beating(tmp_path) -> None:
+    """close() cancels the runs still queued; their heartbeats must end with them, or their claims stay
+    fresh for as long as the process lives and no other process ever takes them over."""
+    hold = threading.Event()
+    push = delivery(tmp_path, ScriptedPredictor(on_task=lambda position: hold.wait(10)), FakeSender())
+    push.beat_seconds = 0.01
+    first, second = tasks(1), [{"id": 10, "data": {"text": "review 10"}}]
+    push.claim(PROJECT, VERSION, [0, 10])
+    push.submit(PLAN, PROJECT, VERSION, first, "http://ls.example", "token-123")
+    push.submit(PLAN, PROJECT, VERSION, second, "http://ls.example", "token-123")
+    beating = [t for t in threading.enumerate() if t.name == f"push {PROJECT} heartbeat"]
+    assert len(beating) == 2  # the running run's and the queued one's
+    push.close()
+    hold.set()
+    assert wait_for(lambda: not any(t.is_alive() for t in beating), 5, 0.01)
+    assert push.status(PROJECT, VERSION) == {"pushed": 1, "queued": 1}  # the cancelled run's claim, left to expire
+
+
 class Clock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now

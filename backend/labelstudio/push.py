@@ -199,7 +199,9 @@ class PushDelivery:
         job_id = self._job(project_id, version, len(tasks))
         heartbeat = self._heartbeat(project_id, version, tasks, job_id).start()  # queued behind another run too
         try:
-            self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token, job_id, heartbeat)
+            future = self._pool.submit(self.run, plan, project_id, version, list(tasks), url, token, job_id, heartbeat)
+            # a run cancelled by close() never starts: its beat stops, and its claims expire as a dead process's
+            future.add_done_callback(lambda done: heartbeat.stop() if done.cancelled() else None)
         except RuntimeError:  # closed (shutting down): nothing will predict them
             heartbeat.stop()
             log.warning("push: shutting down; %d tasks released for the next retrieve", len(tasks))
