@@ -207,9 +207,10 @@ def test_a_queued_run_cancelled_by_close_stops_beating(tmp_path) -> None:
     push.beat_seconds = 0.01
     first, second = tasks(1), [{"id": 10, "data": {"text": "review 10"}}]
     push.claim(PROJECT, VERSION, [0, 10])
+    before = set(threading.enumerate())  # only this test's heartbeats count
     push.submit(PLAN, PROJECT, VERSION, first, "http://ls.example", "token-123")
     push.submit(PLAN, PROJECT, VERSION, second, "http://ls.example", "token-123")
-    beating = [t for t in threading.enumerate() if t.name == f"push {PROJECT} heartbeat"]
+    beating = [t for t in set(threading.enumerate()) - before if t.name == f"push {PROJECT} heartbeat"]
     assert len(beating) == 2  # the running run's and the queued one's
     push.close()
     hold.set()

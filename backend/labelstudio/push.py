@@ -40,7 +40,7 @@ from backend.labelstudio.batch_push import BatchPusher, prediction_item
 from backend.metrics import Metrics
 from backend.predict.predictor import ProjectPlan, TaskResult
 from backend.store.db import insert_ignore, push_jobs, write
-from backend.store.heartbeat import Heartbeat
+from backend.store.heartbeat import Heartbeat, beat_interval
 from backend.store.jobs_store import JobsStore, process_owner
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class PushDelivery:
         self.metrics = metrics
         self.batch_size = batch_size
         self.stale_seconds = stale_seconds
-        self.beat_seconds = min(30.0, stale_seconds / 5)  # how often a run's claims are touched
+        self.beat_seconds = beat_interval(stale_seconds)  # how often a run's claims are touched
         self.clock = clock
         self.sender = sender
         self.retries = retries

@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.learning.referee import Judge, Verdict, judge_llm, llm_score, still_valid
 from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
-from backend.store.heartbeat import Heartbeat
+from backend.store.heartbeat import Heartbeat, beat_interval
 from backend.store.student_store import StudentStore
 from converters.controls import single_choice_controls
 from converters.controls.base import region_id
@@ -237,7 +237,8 @@ class Trainer:
             for control in claimed:
                 self.store.beat(project_id, control.name, version)
 
-        heartbeat = Heartbeat(beat, self.store.stale_seconds / 5, f"students {project_id} v{version}").start()
+        heartbeat = Heartbeat(beat, beat_interval(self.store.stale_seconds), f"students {project_id} v{version}")
+        heartbeat.start()
         try:
             with self.examples.engine.connect() as conn:
                 rows = self.examples.all_rows(conn, project_id, ["live"])

@@ -18,6 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger(__name__)
 
 
+def beat_interval(stale_seconds: float) -> float:
+    """How often to beat a row that goes stale after `stale_seconds`: a fifth of it (four beats may be
+    lost to a slow store before it looks dead), at most 30 s."""
+    return min(30.0, stale_seconds / 5)
+
+
 class Heartbeat:
     """Calls `beat` every `every` seconds from a daemon thread between start() and stop() (or around a
     `with` block); a store outage is logged once and the next beat tried, the work going on meanwhile."""

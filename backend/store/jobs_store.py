@@ -26,7 +26,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Engine
 
 from backend.store.db import insert_ignore, jobs, review_tabs, write
-from backend.store.heartbeat import Heartbeat
+from backend.store.heartbeat import Heartbeat, beat_interval
 
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "superseded", "budget")
@@ -76,7 +76,7 @@ class JobsStore:
         self.engine = engine
         self.clock = clock
         self.stale_seconds = stale_seconds
-        self.beat_seconds = min(30.0, stale_seconds / 5)  # how often `heartbeat` beats: well inside the limit
+        self.beat_seconds = beat_interval(stale_seconds)
 
     # --- writing --------------------------------------------------------------------------------
     def create(
