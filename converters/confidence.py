@@ -127,6 +127,70 @@ class TokenProbs:
             return _renormalised(covering[0], start - self.starts[first], allowed)
         return _clamp(math.exp(sum(t.logprob for t in covering)))
 
+    def distribution(self, node: Node | None, allowed: Sequence[str]) -> dict[str, float] | None:
+        """P(each allowed label | some allowed label) at the place of the string value at `node`: what
+        the model would have written there, read from the tokens it wrote and their top alternatives.
+
+        The answer's path is followed token by token; at each token, the alternatives that could still
+        spell some allowed label are renormalised (as `probability` does for the first token, the honest
+        reading under grammar-constrained decoding), and an alternative that leaves the path hands its
+        share to the labels only it can spell (equally among them: nothing shows how it would go on).
+        Labels none of the top alternatives reach get 0. None when the value cannot be placed or the
+        written path spells no allowed label."""
+        if node is None or not self.usable or not isinstance(node.value, str) or not allowed:
+            return None
+        spelled = {label: _spellings(label) for label in allowed}
+
+        def spells(written: str) -> list[str]:
+            return [label for label, forms in spelled.items()
+                    if any(form.startswith(written) or written.startswith(form) for form in forms)]
+
+        start = node.start + 1  # after the opening quote; the closing one (at node.end - 1) ends the label
+        first = bisect.bisect_right(self.starts, start) - 1
+        while first < len(self.tokens) and self.starts[first] + len(self.tokens[first].text) <= start:
+            first += 1
+        if first < 0 or first >= len(self.tokens):
+            return None
+        mass = dict.fromkeys(allowed, 0.0)
+        path, written, index = 1.0, "", first
+        while index < len(self.tokens) and self.starts[index] < node.end:
+            token = self.tokens[index]
+            head = token.text[:start - self.starts[index]] if index == first else ""
+            here = written + token.text[len(head):]
+            on_path = set(spells(here))
+            if not on_path:
+                return None
+            chosen_p = math.exp(token.logprob)
+            total, stay, leaving = chosen_p, chosen_p, []
+            seen = {token.text}
+            for text, logprob in token.alternatives:
+                if text in seen or not text.startswith(head) or len(text) == len(head):
+                    continue
+                seen.add(text)
+                reach = spells(written + text[len(head):])
+                if not reach:
+                    continue
+                p = math.exp(logprob)
+                total += p
+                own = [label for label in reach if label not in on_path]
+                if own:
+                    leaving.append((p, own))
+                else:
+                    stay += p  # another spelling of the same labels: the path's own mass
+            for p, own in leaving:
+                for label in own:
+                    mass[label] += path * p / total / len(own)
+            path *= stay / total
+            written = here
+            index += 1
+        ends = spells(written)
+        for label in ends:
+            mass[label] += path / len(ends)
+        total_mass = sum(mass.values())
+        if total_mass <= 0:
+            return None
+        return {label: _clamp(p / total_mass) for label, p in mass.items()}
+
     def mean(self) -> float | None:
         """Geometric-mean token probability of the whole answer."""
         if not self.usable:
@@ -226,6 +290,11 @@ def _renormalised(token: Token, offset: int, allowed: Sequence[str]) -> float:
     if total <= 0:
         return 0.0
     return _clamp(chosen_p / total)
+
+
+def _spellings(label: str) -> set[str]:
+    """How a label can be written inside a JSON string, with the closing quote that ends it."""
+    return {json.dumps(label)[1:-1] + '"', json.dumps(label, ensure_ascii=False)[1:-1] + '"'}
 
 
 def _clamp(value: float) -> float:

@@ -17,8 +17,8 @@ from typing import Any
 from label_studio_sdk.label_interface import LabelInterface
 
 from converters.confidence import TokenProbs, combine, member_at
-from converters.controls import AnswerPart, handler_for
-from converters.controls.base import label_lookup, region_id
+from converters.controls import AnswerPart, handler_for, single_choice_controls
+from converters.controls.base import label_lookup, norm_label, region_id
 from converters.spec import ControlSpec, TaskSpec
 
 __all__ = ["Prediction", "answer_to_prediction", "check_prediction", "label_lookup", "offset_errors", "region_id"]
@@ -29,6 +29,9 @@ class Prediction:
     result: list[dict[str, Any]]
     score: float | None
     dropped: Counter = field(default_factory=Counter)  # reason -> count
+    # single-choice control -> every label's probability where the model wrote its label (stored values;
+    # TokenProbs.distribution): what a student blends with (backend.learning.blend); never sent to Label Studio
+    votes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_ls(self, model_version: str) -> dict[str, Any]:
         item: dict[str, Any] = {"result": self.result, "model_version": model_version}
@@ -65,17 +68,37 @@ def answer_to_prediction(
     """Turn a parsed model answer into Label Studio regions; what cannot be placed is counted."""
     dropped: Counter = Counter()
     result: list[dict[str, Any]] = []
+    votes: dict[str, dict[str, float]] = {}
     root = probs.locate(answer) if probs is not None else None
+    single = {c.name for c in single_choice_controls(spec)}
     for control in spec.controls:
         key = _answer_key(spec, control, answer)
         if key is None or answer[key] is None:
             continue
         part = AnswerPart(answer[key], member_at(root, key), probs if root is not None else None)
         result.extend(handler_for(control).regions(control, data, part, dropped))
+        if control.name in single and part.probs is not None:
+            vote = _vote(control, part)
+            if vote:
+                votes[control.name] = vote
     score = combine([r.get("score") for r in result])
     if score is None and probs is not None:
         score = probs.mean()
-    return Prediction(result=result, score=score, dropped=dropped)
+    return Prediction(result=result, score=score, dropped=dropped, votes=votes)
+
+
+def _vote(control: ControlSpec, part: AnswerPart) -> dict[str, float] | None:
+    """Every label's probability (by stored value) where a single-choice answer wrote its label."""
+    assert part.probs is not None
+    found = part.probs.distribution(part.node, control.display_labels())
+    if found is None:
+        return None
+    stored = label_lookup(control)
+    out: dict[str, float] = {}
+    for display, p in found.items():
+        value = stored[norm_label(display)]
+        out[value] = out.get(value, 0.0) + p
+    return out
 
 
 def offset_errors(result: list[dict[str, Any]], data: Mapping[str, Any], spec: TaskSpec) -> list[str]:
