@@ -61,6 +61,10 @@ class Metrics:
         self.llm_calls_saved = Counter(
             "lsllm_llm_calls_saved", "LLM calls not made because the student answered (cascade)", registry=r
         )
+        self.blend_changes = Counter(
+            "lsllm_student_blend_changes", "LLM answers whose label the blend with the student changed (cascade)",
+            registry=r,
+        )
         self.spans = Counter(
             "lsllm_spans",
             "Spans predicted for <Labels> controls with gazetteer candidates, by source (gazetteer: from reviewed "

@@ -319,6 +319,12 @@ class Settings(BaseSettings):
         "the student is judged as a whole on its held-out examples and answers every task only when it got "
         "more of them right than the LLM, else the LLM answers every task (0: always the switch)",
     )
+    student_blend: bool = Field(
+        default=True, validation_alias="STUDENT_BLEND",
+        description="cascade: where the LLM answers a single-choice task, its label probabilities and the "
+        "student's are blended (a weighted product, the weights fitted on the referee's held-out reviews) "
+        "when that predicts those reviews better than the LLM alone; false: the LLM's label stands",
+    )
     student_set_coverage: float = Field(
         default=0.95, ge=0, lt=1, validation_alias="STUDENT_SET_COVERAGE",
         description="once a student has STUDENT_MIN_EXAMPLES, the LLM chooses a large label set's label "

@@ -8,6 +8,7 @@ A curve is two float arrays (x ascending, y in [0, 1]) fitted by isotonic regres
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,3 +106,10 @@ def auroc(probs: Sequence[float] | np.ndarray, right: Sequence[bool] | np.ndarra
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(r, p))
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """P(at least `wins` of wins + losses fair coin tosses come up heads): one-sided, for paired
+    comparisons where only the examples one side got right and the other wrong count."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0

@@ -70,11 +70,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from backend.learning.blend import STUDENT_FLOOR, BlendRow, choose_blend
+from backend.learning.calibration import sign_test
 from backend.learning.student import StudentModel
 from converters.scoring import choice_of
 
@@ -103,13 +105,17 @@ class Verdict:
     zero_shot_accuracy: float | None = None  # the LLM asked the same examples with no examples; None: not asked
     examples: bool = True  # the LLM's prompts carry few-shot examples (False: it was right more often without)
     whole: bool = False  # judged on all its held-out examples: the switch alone decides, the threshold too
+    blend: tuple[float, float] | None = None  # the LLM's answers blended with the student (learning.blend)
+    blend_accuracy: float | None = None  # the blend's share right on the same examples (each judged held out)
 
     def as_json(self) -> dict[str, Any]:
         return {"llm_accuracy": round(self.llm_accuracy, 4), "student_accuracy": round(self.student_accuracy, 4),
                 "n": self.n, "at_examples": self.at_examples, "switch": self.switch,
                 "score": list(self.score) if self.score is not None else None,
                 "zero_shot_accuracy": None if self.zero_shot_accuracy is None else round(self.zero_shot_accuracy, 4),
-                "examples": self.examples, "whole": self.whole}
+                "examples": self.examples, "whole": self.whole,
+                "blend": list(self.blend) if self.blend is not None else None,
+                "blend_accuracy": None if self.blend_accuracy is None else round(self.blend_accuracy, 4)}
 
     @classmethod
     def from_json(cls, data: Any) -> Verdict:
@@ -117,20 +123,21 @@ class Verdict:
         try:
             score, zero = data.get("score"), data.get("zero_shot_accuracy")  # both absent in older verdicts
             examples, whole = data.get("examples", True), data.get("whole", False)
+            blend, blend_accuracy = data.get("blend"), data.get("blend_accuracy")  # absent before the blend
             if not isinstance(examples, bool) or not isinstance(whole, bool):
                 raise ValueError("'examples' or 'whole' is not a boolean")
             return cls(float(data["llm_accuracy"]), float(data["student_accuracy"]), int(data["n"]),
                        int(data["at_examples"]), float(data["switch"]),
                        (float(score[0]), float(score[1]), float(score[2])) if score is not None else None,
-                       None if zero is None else float(zero), examples, whole)
+                       None if zero is None else float(zero), examples, whole,
+                       (float(blend[0]), float(blend[1])) if blend is not None else None,
+                       None if blend_accuracy is None else float(blend_accuracy))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a referee verdict: {exc}") from exc
 
 
-# the student's probability is read no lower than this: a student of 100 reviews over 77 labels gives a
-# label it saw once 0.003 and one it never saw 0, which says "unknown", not "surely wrong"; read as
-# log-odds down to 1e-4, a weight fitted on 40 examples put right LLM answers at scores of 0.003
-STUDENT_FLOOR = 0.01
+# STUDENT_FLOOR (backend.learning.blend): read as log-odds down to 1e-4 instead, a weight fitted on 40
+# examples put right LLM answers at scores of 0.003
 
 
 def _logit(p: float | np.ndarray, floor: float = 1e-4) -> np.ndarray:
@@ -226,7 +233,7 @@ def best_switch(probs: Sequence[float], student_right: Sequence[bool], llm_right
     best = float(candidates[right.index(max(right))])
     below = p < best
     wins, losses = int((llm & ~s & below).sum()), int((s & ~llm & below).sum())
-    return best if best > 0.0 and _sign_test(wins, losses) < alpha else 0.0
+    return best if best > 0.0 and sign_test(wins, losses) < alpha else 0.0
 
 
 def count_switch(student_right: Sequence[bool], llm_right: Sequence[bool]) -> float:
@@ -235,12 +242,6 @@ def count_switch(student_right: Sequence[bool], llm_right: Sequence[bool]) -> fl
     paired examples right than the LLM, else 2.0 (the LLM answers every task, as it did before there was
     a student: a young student takes over only once it is ahead)."""
     return 0.0 if sum(map(bool, student_right)) > sum(map(bool, llm_right)) else 2.0
-
-
-def _sign_test(wins: int, losses: int) -> float:
-    """P(at least `wins` of wins + losses fair coin tosses come up heads)."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
 
 
 def deferred_sample(model: StudentModel, size: int, seed: int = 0, whole: bool = False) -> list[int]:
@@ -269,6 +270,7 @@ class _Asked:
     label: str | None  # the label it gave the control (None: no readable answer)
     right: bool
     own: float | None  # its own probability of that label (None: the provider gives none)
+    votes: Mapping[str, float] | None = None  # its probability of every label it was shown (None: none)
 
 
 def _ask(judge: Judge, plan: Any, project_id: str, data: Mapping[str, Any], truth: str, control: str, what: str,
@@ -281,12 +283,13 @@ def _ask(judge: Judge, plan: Any, project_id: str, data: Mapping[str, Any], trut
         return None
     item = result.item if isinstance(result.item, Mapping) else {}
     label = choice_of(item.get("result"), control)
-    return _Asked(label, label == truth, _region_score(item.get("result"), control))
+    votes = (getattr(result, "votes", None) or {}).get(control)
+    return _Asked(label, label == truth, _region_score(item.get("result"), control), votes)
 
 
 def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: Sequence[str], control: str,
               judge: Judge, plan: Any, project_id: str, size: int, seed: int = 0,
-              trusted_from: int = 0, zero_shot: bool = False) -> Verdict | None:
+              trusted_from: int = 0, zero_shot: bool = False, blend: bool = False) -> Verdict | None:
     """Ask the LLM the sampled examples (`datas`/`labels` are the student's training rows, in its order)
     and compare with the student; None when too few were answered to say. Below `trusted_from` reviewed
     examples the student is judged as a whole: the examples are sampled from all its held-out ones, and
@@ -324,10 +327,17 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
     zero_right = [bare.right for _, _, bare in asked if bare is not None] if zero_shot else None
     examples = zero_right is None or sum(zero_right) <= sum(few_right)
     chosen = [few if examples or bare is None else bare for _, few, bare in asked]
-    column = {label: j for j, label in enumerate(model.classes)}
     student_right = [bool(held.right[i]) for i, _, _ in asked]
     probs = [float(held.top[i]) for i, _, _ in asked]
-    student_p = [float(held.probs[i][column[a.label]]) if held.probs is not None and a.label in column else 0.0
+    rows = [BlendRow(a.votes, _student_probs(model, i), str(labels[int(held.index[i])]))
+            for (i, _, _), a in zip(asked, chosen)]
+    llm_right = [a.right for a in chosen]
+    mixed = choose_blend(rows, llm_right) if blend else None
+    if mixed is not None:  # the LLM's answers are blended: what the blend said is what the LLM answers
+        chosen = [replace(a, label=label, right=right, own=p) if label is not None else a
+                  for a, label, right, p in zip(chosen, mixed.labels, mixed.right, mixed.p)]
+        llm_right = mixed.right
+    student_p = [_student_probs(model, i).get(a.label, 0.0) if a.label is not None else 0.0
                  for (i, _, _), a in zip(asked, chosen)]
     # the score is for answers with a label (an unreadable answer is never a prediction); a provider
     # without logprobs gives none of its own: the student's score stays
@@ -336,18 +346,29 @@ def judge_llm(model: StudentModel, datas: Sequence[Mapping[str, Any]], labels: S
     if labelled and all(p is not None for p, _, _ in labelled):
         weights = fit_llm_score([p or 0.0 for p, _, _ in labelled], [q for _, q, _ in labelled],
                                 [r for _, _, r in labelled])
-    llm_right = [a.right for a in chosen]
     verdict = Verdict(float(np.mean(few_right)), float(np.mean(student_right)), len(asked), model.n_examples,
                       count_switch(student_right, llm_right) if young else best_switch(probs, student_right, llm_right),
-                      weights, None if zero_right is None else float(np.mean(zero_right)), examples, young)
+                      weights, None if zero_right is None else float(np.mean(zero_right)), examples, young,
+                      mixed.weights if mixed is not None else None,
+                      float(np.mean(mixed.right)) if mixed is not None else None)
     log.info("project %s: referee for %r: on %d held-out examples (%s), the LLM was right "
-             "%.0f%% of the time with examples, %s without, the student %.0f%%; the LLM is asked %s, and the "
+             "%.0f%% of the time with examples, %s without, %s, the student %.0f%%; the LLM is asked %s, and the "
              "student answers alone from probability %.3f", project_id, control, verdict.n,
              "any, a young student judged as a whole" if young else "ones the student was unsure of",
              100 * verdict.llm_accuracy,
              "not asked" if verdict.zero_shot_accuracy is None else f"{100 * verdict.zero_shot_accuracy:.0f}%",
+             "not blended" if verdict.blend_accuracy is None else
+             f"blended with the student {100 * verdict.blend_accuracy:.0f}%",
              100 * verdict.student_accuracy, "with examples" if examples else "without examples", verdict.switch)
     return verdict
+
+
+def _student_probs(model: StudentModel, position: int) -> dict[str, float]:
+    """label -> the student's held-out probability for the held-out example at `position`."""
+    held = model.held_out
+    if held is None or held.probs is None:
+        return {}
+    return {label: float(p) for label, p in zip(model.classes, held.probs[position])}
 
 
 def _region_score(result: Any, control: str) -> float | None:

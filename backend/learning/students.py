@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.learning.blend import blended
 from backend.learning.referee import Judge, Verdict, judge_llm, llm_score, still_valid
 from backend.learning.student import StudentModel, from_record, to_record, train_student
 from backend.store.example_store import ExampleStore
@@ -68,11 +69,12 @@ class VersionSource(Protocol):
 
 
 class StudentMetrics(Protocol):
-    """The three counters /metrics shows (backend.metrics.Metrics has them)."""
+    """The four counters /metrics shows (backend.metrics.Metrics has them)."""
 
     student_answers: Any
     llm_answers: Any
     llm_calls_saved: Any
+    blend_changes: Any
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class StudentPolicy:
     referee_sample: int = 40  # held-out examples the referee asks the LLM (0: the threshold alone decides)
     trusted_from: int = 1000  # reviewed examples from which the referee switches on the student's probability
     zero_shot: bool = True  # the referee also asks the LLM without few-shot examples (off when FEW_SHOT_K=0)
+    blend: bool = True  # the LLM's answers may be blended with the student's view (learning.blend)
     refresh_seconds: float = 2.0
 
 
@@ -294,7 +297,7 @@ class Trainer:
             return None
         verdict = judge_llm(model, datas, labels, control.name, self.judge, plan, project_id,
                             self.policy.referee_sample, trusted_from=self.policy.trusted_from,
-                            zero_shot=self.policy.zero_shot)
+                            zero_shot=self.policy.zero_shot, blend=self.policy.blend)
         return verdict.as_json() if verdict is not None else None
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
@@ -465,16 +468,17 @@ class Students:
         return False
 
     def rescore(self, plan: Any, project_id: str | None, texts: Mapping[str, str],
-                item: dict[str, Any]) -> dict[str, Any]:
+                item: dict[str, Any], votes: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
         """The LLM's prediction with each student control's region scored by the student's calibrated
         probability of the LLM's label (and the item's score their product when all controls are so
-        scored); unchanged without students."""
+        scored); where the referee kept a blend (learning.blend) and the LLM's label probabilities are
+        known (`votes`, per control), the region's label is the blend's. Unchanged without students."""
         if self.policy.mode == "off" or not item or not item.get("result"):
             return item
-        return self._guard("rescore", lambda: self._rescore(plan.spec, project_id, texts, item), item)
+        return self._guard("rescore", lambda: self._rescore(plan.spec, project_id, texts, item, votes or {}), item)
 
     def _rescore(self, spec: TaskSpec, project_id: str | None, texts: Mapping[str, str],
-                 item: dict[str, Any]) -> dict[str, Any]:
+                 item: dict[str, Any], votes: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
         scored = {s.control.name: s for s in self._scored(project_id, spec, " ".join(texts.values()))}
         if not scored:
             return item
@@ -488,13 +492,18 @@ class Students:
                 regions.append(region)
                 continue
             probs = dict(s.ranked)
-            p = probs.get(chosen[0], 0.0)
-            weights = (s.model.referee or {}).get("score")
+            verdict = s.model.referee or {}
             own = region.get("score")
+            mix, vote = verdict.get("blend"), votes.get(s.control.name)
+            if mix and vote:
+                region, own = self._blended(s.control, region, chosen[0], blended(mix, vote, probs))
+            label = region["value"]["choices"][0]
+            p = probs.get(label, 0.0)
+            weights = verdict.get("score")
             if weights and isinstance(own, (int, float)):  # the referee's fit: the LLM's and the student's view
                 calibrated = llm_score(weights, float(own), p)
             else:
-                curve = s.model.top if chosen[0] == s.ranked[0][0] else s.model.any
+                curve = s.model.top if label == s.ranked[0][0] else s.model.any
                 calibrated = float(curve(p))
             regions.append({**region, "score": calibrated})
             product *= calibrated
@@ -505,6 +514,16 @@ class Students:
         elif "score" in out and covered:
             out["score"] = min(float(out["score"]), product)
         return out
+
+    def _blended(self, control: ControlSpec, region: dict[str, Any], answered: str,
+                 mixed: Mapping[str, float]) -> tuple[dict[str, Any], float]:
+        """(the region with the blend's label, the blend's probability of it)."""
+        label = max(mixed, key=lambda k: mixed[k])
+        if label != answered:
+            region = {**region, "id": region_id(control.name, label), "value": {**region["value"], "choices": [label]}}
+            if self.metrics is not None:
+                self.metrics.blend_changes.inc()
+        return region, float(mixed[label])
 
     # --- the selector's hint -----------------------------------------------------------------------
     def lead(self, project_id: str | None, spec: TaskSpec, text: str) -> Callable[[ControlSpec], Lead]:
@@ -562,6 +581,7 @@ def build_students(settings: Any, examples: ExampleStore, versions: VersionSourc
         referee_sample=settings.student_referee_sample,
         trusted_from=settings.student_trusted_from,
         zero_shot=settings.few_shot_k > 0,
+        blend=settings.student_blend,
     )
     store = StudentStore(examples.engine)
     trainer = Trainer(examples, store, embedder, policy)

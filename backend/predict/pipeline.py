@@ -56,7 +56,7 @@ class StudentHook(Protocol):
         """A ready prediction when the task needs no LLM call (cascade), else None."""
 
     def rescore(self, plan: ProjectPlan, project_id: str | None, texts: Mapping[str, str],
-                item: dict[str, Any]) -> dict[str, Any]:
+                item: dict[str, Any], votes: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
         """The LLM's prediction with calibrated scores."""
 
     def examples_help(self, plan: ProjectPlan, project_id: str | None) -> bool:
@@ -83,6 +83,8 @@ class TaskResult:
     completion_tokens: int = 0
     messages: list[dict[str, str]] = field(default_factory=list)
     student: bool = False  # answered by the student (cascade): no LLM call was made
+    # single-choice control -> the LLM's probability of every label it was shown (converters.regions.Prediction)
+    votes: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def task_texts(spec: TaskSpec, task: Mapping[str, Any]) -> dict[str, str]:
@@ -210,8 +212,8 @@ class TaskPipeline:
             self.metrics.tasks.labels(answer.reason).inc()
             return answer
         result = self.finish(plan, task, prompt, answer, model_version)
-        if self.student is not None and result.item:  # the score: calibrated on the reviewed examples
-            result.item = self.student.rescore(plan, project_id, texts, result.item)
+        if self.student is not None and result.item:  # the label and score: with the student's view
+            result.item = self.student.rescore(plan, project_id, texts, result.item, result.votes)
         return result
 
     def held_out(self, plan: ProjectPlan, project_id: str, data: Mapping[str, Any], what: str,
@@ -246,9 +248,9 @@ class TaskPipeline:
                               cached=answer.cached)
         probs = TokenProbs(answer.content, answer.tokens) if answer.tokens else None
         # the task's own spec: an answer outside its shortlist is dropped, scores renormalise over it
-        item = self._item(plan, prompt.spec, task, parsed, probs, model_version, prompt.candidates)
+        item, votes = self._item(plan, prompt.spec, task, parsed, probs, model_version, prompt.candidates)
         return TaskResult(item, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-                          messages=prompt.messages, cached=answer.cached)
+                          messages=prompt.messages, cached=answer.cached, votes=votes)
 
     # --- several tasks in one call ------------------------------------------------------------
     def group_size(self, plan: ProjectPlan) -> int:
@@ -345,7 +347,7 @@ class TaskPipeline:
                 out.append(TaskResult([], error="left out of the group's answer", reason="group_incomplete",
                                       prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
                 continue
-            item = self._item(plan, plan.spec, task, part, None, model_version)
+            item, _ = self._item(plan, plan.spec, task, part, None, model_version)
             out.append(TaskResult(item, prompt_tokens=share_in, completion_tokens=share_out, cached=answer.cached))
         return out
 
@@ -371,9 +373,9 @@ class TaskPipeline:
     def _item(
         self, plan: ProjectPlan, spec: TaskSpec, task: Mapping[str, Any], parsed: Mapping[str, Any],
         probs: TokenProbs | None, version: str, candidates: Sequence[SpanCandidate] = (),
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
         """One task's parsed answer -> its validated Label Studio prediction (what cannot be placed or
-        does not validate is dropped and counted)."""
+        does not validate is dropped and counted), and the LLM's label probabilities (Prediction.votes)."""
         prediction = answer_to_prediction(spec, task["data"], parsed, probs)
         for reason, count in prediction.dropped.items():
             self.metrics.dropped_entities.labels(reason).inc(count)
@@ -389,4 +391,4 @@ class TaskPipeline:
             self.metrics.invalid_predictions.inc(len(errors))
             log.error("task %s: invalid region removed (bug): %s", task.get("id"), errors[:3])
         self.metrics.tasks.labels("ok").inc()
-        return item
+        return item, prediction.votes
