@@ -101,6 +101,13 @@ class TokenProbs:
             position = self.content.find("{", position + 1)
         return None
 
+    def _covering(self, position: int) -> int | None:
+        """The index of the token that writes the character at `position` (None: no such token)."""
+        first = bisect.bisect_right(self.starts, position) - 1
+        while first < len(self.tokens) and self.starts[first] + len(self.tokens[first].text) <= position:
+            first += 1  # skip empty tokens that start at the same place
+        return first if 0 <= first < len(self.tokens) else None
+
     def probability(self, node: Node | None, allowed: Sequence[str] = ()) -> float | None:
         """Probability of the tokens that wrote the value at `node` (None when it cannot be placed).
 
@@ -113,10 +120,8 @@ class TokenProbs:
         start, end = (node.start + 1, node.end - 1) if isinstance(node.value, str) else (node.start, node.end)
         if start >= end or end > len(self.content):
             return None
-        first = bisect.bisect_right(self.starts, start) - 1
-        while first < len(self.tokens) and self.starts[first] + len(self.tokens[first].text) <= start:
-            first += 1  # skip empty tokens that start at the same place
-        if first < 0 or first >= len(self.tokens):
+        first = self._covering(start)
+        if first is None:
             return None
         covering = [self.tokens[first]]
         index = first + 1
@@ -146,10 +151,8 @@ class TokenProbs:
                     if any(form.startswith(written) or written.startswith(form) for form in forms)]
 
         start = node.start + 1  # after the opening quote; the closing one (at node.end - 1) ends the label
-        first = bisect.bisect_right(self.starts, start) - 1
-        while first < len(self.tokens) and self.starts[first] + len(self.tokens[first].text) <= start:
-            first += 1
-        if first < 0 or first >= len(self.tokens):
+        first = self._covering(start)
+        if first is None:
             return None
         mass = dict.fromkeys(allowed, 0.0)
         path, written, index = 1.0, "", first

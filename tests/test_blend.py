@@ -9,7 +9,6 @@ import math
 import random
 from typing import Any
 
-import numpy as np
 import pytest
 from conftest import Reply
 from test_referee import noisy_feed
@@ -192,4 +191,3 @@ def test_a_verdict_stored_before_the_blend_reads_as_no_blend() -> None:
     assert Verdict.from_json(json.loads(json.dumps(verdict.as_json()))) == verdict
     older = {k: v for k, v in verdict.as_json().items() if k not in ("blend", "blend_accuracy")}
     assert Verdict.from_json(older).blend is None and Verdict.from_json(older).blend_accuracy is None
-    assert np.isfinite(verdict.as_json()["blend"]).all()

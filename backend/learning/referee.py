@@ -136,10 +136,6 @@ class Verdict:
             raise ValueError(f"not a referee verdict: {exc}") from exc
 
 
-# STUDENT_FLOOR (backend.learning.blend): read as log-odds down to 1e-4 instead, a weight fitted on 40
-# examples put right LLM answers at scores of 0.003
-
-
 def _logit(p: float | np.ndarray, floor: float = 1e-4) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=np.float64), floor, 1 - floor)
     return np.log(q / (1 - q))
